@@ -1,0 +1,7 @@
+"""pettingllms: collect multi-agent LLM trajectories, keep the successful ones, fine-tune on them."""
+
+from pettingllms.envs import make
+
+__version__ = "0.1.0"
+
+__all__ = ["make", "__version__"]

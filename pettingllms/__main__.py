@@ -1,0 +1,5 @@
+import sys
+
+from pettingllms.cli import main
+
+sys.exit(main())

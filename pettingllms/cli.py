@@ -1,0 +1,225 @@
+"""The `pettingllms` command: one short function per command.
+
+Heavy libraries (torch, transformers, trl) are imported inside the commands that need
+them, so `pettingllms envs` and `--help` answer at once. A `UserError` prints one line and
+exits with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pettingllms.exceptions import DataError, UserError
+
+OVERRIDES_HELP = ("key=value overrides, e.g. env.name=sokoban policy=expert training.sft_num_episodes=50; "
+                  "`pettingllms keys` lists every key")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from pettingllms.config import load_config
+
+    config = load_config(args.overrides)
+    result = _collect(config)
+    return 130 if result.interrupted else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pettingllms.config import load_config
+
+    config = load_config(args.overrides)
+    paths = train_data_paths(config)
+    summary = _train(config, paths)
+    print(f"Model written to {summary.get('output_dir', config.training.sft_config.output_dir)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pettingllms.config import load_config
+
+    config = load_config(args.overrides)
+    result = _collect(config)
+    if result.interrupted:
+        return 130
+    if not config.training.run_sft_training:
+        print("training.run_sft_training=false: collected only.")
+        return 0
+    _train(config, [str(result.files.records)])
+    return 0
+
+
+def cmd_quick_test(args: argparse.Namespace) -> int:
+    from pettingllms.config import CONFIG_DIR, load_config
+
+    config = load_config([f"config={CONFIG_DIR / 'quick_test.yaml'}", *args.overrides])
+    result = _collect(config)
+    if result.interrupted:
+        return 130
+    summary = _train(config, [str(result.files.records)])
+    print_summary_table(result.stats, summary, result.files)
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from pettingllms import envs
+
+    rows = [("name", "gymnasium id", "agents", "task source", "expert", "max_turns")]
+    for name, (gym_id, _) in envs.ENVIRONMENTS.items():
+        try:
+            cls = envs.env_class(name)
+        except ImportError as error:
+            rows.append((name, gym_id, f"(unavailable: {error})", "", "", ""))
+            continue
+        rows.append((name, gym_id, ", ".join(cls.possible_agents), cls.task_source,
+                     "yes" if cls.has_expert else "no", str(cls.default_max_turns)))
+    print_table(rows)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pettingllms.config import describe_keys
+
+    for key, default, text in describe_keys():
+        print(f"{key} = {default!r}\n    {text}")
+    return 0
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from pettingllms.training.merge import merge_lora
+
+    path = merge_lora(args.base_model_name, args.lora_model_path, args.output_path, overwrite=args.overwrite)
+    print(f"Merged model written to {path}")
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from pettingllms.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.output)
+    print(f"Tiny model written to {path}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pettingllms.stats import stats_for_file
+
+    for path in args.files:
+        print(f"== {path}")
+        print(json.dumps(stats_for_file(Path(path), plot=args.plot), indent=2))
+    return 0
+
+
+def _collect(config):
+    from pettingllms.runner import collect
+
+    result = collect(config)
+    stats = result.stats
+    print(f"{stats['total_episodes']} episodes, {stats['successful_episodes']} successful "
+          f"(success rate {stats['success_rate']:.2f}), {stats['kept_records']} records kept, "
+          f"{stats['error_episodes']} errors.")
+    if stats["total_episodes"] and stats["successful_episodes"] == 0:
+        print("No episode succeeded: with only_success=true nothing is kept "
+              "(a tiny or untrained model is expected to score zero).")
+    for label, path in (("records", result.files.records), ("stats", result.files.stats),
+                        ("rollouts", result.files.rollouts)):
+        print(f"  {label:9s}{path}")
+    if result.interrupted:
+        print(f"Interrupted. Finished episodes are saved; resume with the same command plus "
+              f"training.run_name={result.files.run_name}", file=sys.stderr)
+    return result
+
+
+def _train(config, paths: list[str]) -> dict[str, Any]:
+    from pettingllms.runner import training_model_path
+    from pettingllms.training.sft import run_training
+
+    settings = config.training.sft_config
+    if settings.model_name_or_path is None:
+        settings.model_name_or_path = training_model_path(config)
+    return run_training(settings, paths)
+
+
+def train_data_paths(config) -> list[str]:
+    """`training.train_data_path` (a string, a list, globs), else the newest collected file."""
+    wanted = config.training.train_data_path
+    if wanted:
+        return [wanted] if isinstance(wanted, str) else [str(item) for item in wanted]
+    pattern = os.path.join(config.training.sft_data_dir, "sft_data_*.jsonl")
+    candidates = glob.glob(pattern)
+    if not candidates:
+        raise DataError(f"No training data: nothing matches {pattern}. Collect first "
+                        "(`pettingllms collect`) or pass training.train_data_path=FILE.")
+    return [max(candidates, key=os.path.getmtime)]
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def print_summary_table(stats: dict[str, Any], summary: dict[str, Any], files) -> None:
+    loss = summary.get("train_loss")
+    rows = [
+        ("episodes", str(stats["total_episodes"])),
+        ("success rate", f"{stats['success_rate']:.2f} ({stats['successful_episodes']} ok, "
+                         f"{stats['failed_episodes']} failed)"),
+        ("records kept", f"{stats['kept_records']} of {stats['total_records']} turns"),
+        ("train loss", f"{loss:.4f}" if isinstance(loss, (int, float)) else str(loss)),
+        ("data", str(files.records)),
+        ("stats", str(files.stats)),
+        ("model", str(summary.get("output_dir"))),
+    ]
+    print("\nquick-test summary")
+    print_table([("", "")] + rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pettingllms", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, handler, text in (
+        ("collect", cmd_collect, "collect-only: run episodes, keep the successful ones, write JSONL + stats"),
+        ("train", cmd_train, "train-only: fine-tune on existing JSONL/Parquet files"),
+        ("run", cmd_run, "collect, then train on what was just collected"),
+        ("quick-test", cmd_quick_test, "the whole flow, small, on the tiny built-in model (CPU, offline)"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+        sub.set_defaults(handler=handler)
+    commands.add_parser("envs", help="list registered environments").set_defaults(handler=cmd_envs)
+    commands.add_parser("keys", help="list every config key with its default and help").set_defaults(handler=cmd_keys)
+    merge = commands.add_parser("merge-lora", help="merge a LoRA adapter into its base model")
+    merge.add_argument("--base_model_name", required=True, help="base model folder or cached Hub id")
+    merge.add_argument("--lora_model_path", required=True, help="adapter folder (from `pettingllms train`)")
+    merge.add_argument("--output_path", required=True, help="where the standalone model goes")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    merge.set_defaults(handler=cmd_merge_lora)
+    tiny = commands.add_parser("make-tiny-model", help="write the tiny built-in model + tokenizer to a folder")
+    tiny.add_argument("--output", required=True, help="folder to write")
+    tiny.set_defaults(handler=cmd_make_tiny_model)
+    stats = commands.add_parser("stats", help="recompute and print stats for collected files")
+    stats.add_argument("files", nargs="+", help="rollouts_<run>.jsonl or sft_data_<run>.jsonl files")
+    stats.add_argument("--plot", action="store_true", help="also write a PNG of length histograms beside each file")
+    stats.set_defaults(handler=cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

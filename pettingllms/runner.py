@@ -1,0 +1,479 @@
+"""The rollout runner: many episodes in flight, each written to disk the moment it ends.
+
+`collect(config)` plans the run's episodes (episode i is task i // num_samples_per_task,
+sample i % num_samples_per_task), skips the ones a previous run with the same name already
+finished, and runs the rest on `rollout_concurrency` workers. Each worker owns one
+environment; model calls are awaited (so a batching backend sees the requests of all
+workers at once) and environment steps run in threads (they may run model-written code).
+
+The rollouts file is the run's ledger: an episode counts as done once its line is there.
+Records are written before that line, so after a crash a resume rebuilds the records file
+from the ledger, and nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pettingllms import envs
+from pettingllms.config import Config, policies_by_name, to_dict
+from pettingllms.exceptions import ConfigError, DataError, PolicyError, ResumeMismatchError, UserError
+from pettingllms.policies import GenerationRequest, Policy, SamplingParams, build_policy, sampling_for
+from pettingllms.records import CollectionStats, Episode, RecordFilter
+
+SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000}
+"""Train and test tasks come from disjoint seed ranges."""
+FSYNC_EVERY = 16
+STATS_EVERY_S = 5.0
+
+
+@dataclass
+class EpisodeSpec:
+    """Which episode to run: its place in the run and its task."""
+
+    index: int
+    env_idx: int
+    rollout_idx: int
+    seed: int
+    episode_id: str
+
+
+@dataclass
+class AgentSlot:
+    """How one agent is played: by which policy, sampling how, recorded or not."""
+
+    policy: Policy
+    sampling: SamplingParams
+    trainable: bool
+
+
+@dataclass
+class RunFiles:
+    """The files of one collection run, named after it."""
+
+    directory: Path
+    run_name: str
+
+    @property
+    def records(self) -> Path:
+        return self.directory / f"sft_data_{self.run_name}.jsonl"
+
+    @property
+    def stats(self) -> Path:
+        return self.directory / f"sft_data_{self.run_name}_stats.json"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.directory / f"rollouts_{self.run_name}.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / f"sft_data_{self.run_name}_config.json"
+
+
+@dataclass
+class CollectResult:
+    files: RunFiles
+    stats: dict[str, Any]
+    interrupted: bool = False
+
+
+def plan_episodes(config: Config) -> list[EpisodeSpec]:
+    """Every episode of the run, in order; the same config always gives the same plan."""
+    name = envs.resolve_name(config.env.name)
+    samples = config.training.num_samples_per_task
+    base = SPLIT_SEED_OFFSET[config.env.split] + config.training.seed
+    specs = []
+    for index in range(config.training.sft_num_episodes):
+        env_idx, rollout_idx = divmod(index, samples)
+        seed = base + env_idx
+        specs.append(EpisodeSpec(index, env_idx, rollout_idx, seed, f"{name}-{config.env.split}-{seed}-{rollout_idx}"))
+    return specs
+
+
+def make_env(config: Config) -> envs.TurnBasedTextEnv:
+    """The configured environment; a setting the env does not take is a ConfigError."""
+    name = envs.resolve_name(config.env.name)
+    accepted = inspect.signature(envs.env_class(name).__init__).parameters
+    kwargs: dict[str, Any] = dict(config.env.kwargs)
+    wanted = {"max_turns": config.env.max_turns, "dataset": config.env.dataset,
+              "shuffle": config.env.shuffle or None, "split": None if config.env.split == "train" else "test"}
+    for key, value in wanted.items():
+        if value is not None and key not in accepted:
+            raise ConfigError(f"env.{key} is not a setting of env '{name}'; it takes: "
+                              f"{', '.join(p for p in accepted if p not in ('self', 'render_mode'))}.")
+    for key in ("max_turns", "dataset", "shuffle", "split"):
+        if key in accepted and getattr(config.env, key) is not None:
+            kwargs[key] = getattr(config.env, key)
+    unknown = [key for key in config.env.kwargs if key not in accepted]
+    if unknown:
+        raise ConfigError(f"env.kwargs.{unknown[0]} is not an argument of env '{name}'; it takes: "
+                          f"{', '.join(p for p in accepted if p != 'self')}.")
+    return envs.make(name, **kwargs)
+
+
+def build_agent_slots(config: Config, possible_agents: tuple[str, ...]) -> dict[str, AgentSlot]:
+    """Map every agent of the env to its policy and sampling settings."""
+    unknown = [agent for agent in config.agents if agent not in possible_agents]
+    if unknown:
+        raise ConfigError(f"agents.{unknown[0]}: env '{config.env.name}' has no such agent; "
+                          f"its agents are: {', '.join(possible_agents)}.")
+    named = policies_by_name(config)
+    built: dict[str, Policy] = {}
+    slots = {}
+    for agent in possible_agents:
+        settings = config.agents.get(agent)
+        policy_name = (settings.policy if settings else None) or config.policy.name
+        if policy_name not in built:
+            built[policy_name] = build_policy(policy_name, named[policy_name], seed=config.training.seed)
+        slots[agent] = AgentSlot(built[policy_name], sampling_for(named[policy_name], settings),
+                                 settings.trainable if settings else True)
+    return slots
+
+
+async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict[str, AgentSlot],
+                      env_name: str) -> Episode:
+    """Play one episode to its end (or to a policy error) and return its full transcript."""
+    started = time.perf_counter()
+    obs, info = await asyncio.to_thread(env.reset, seed=spec.seed, options={"task_index": spec.env_idx})
+    episode: Episode = {
+        "episode_id": spec.episode_id, "env_name": env_name, "env_idx": spec.env_idx,
+        "rollout_idx": spec.rollout_idx, "seed": spec.seed, "task_id": info["task_id"],
+        "success": False, "agent_success": {}, "terminated": False, "truncated": False,
+        "error": None, "turns": [],
+    }
+    try:
+        while True:
+            agent = info["agent"]
+            slot = slots[agent]
+            request = GenerationRequest(obs, slot.sampling, agent, spec.episode_id, env)
+            generate_start = time.perf_counter()
+            generation = await slot.policy.generate(request)
+            step_start = time.perf_counter()
+            next_obs, reward, terminated, truncated, info = await asyncio.to_thread(env.step, generation.text)
+            episode["turns"].append({
+                "turn_idx": info["turn_idx"] - 1, "agent": agent, "policy_name": slot.policy.name,
+                "trainable": slot.trainable, "messages": obs, "response": generation.text,
+                "prompt_text": generation.prompt_text, "reward": reward, "valid": info["valid"],
+                "parse_error": info["parse_error"], "details": info["details"],
+                "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+                "finish_reason": generation.finish_reason,
+                "generate_s": round(step_start - generate_start, 4),
+                "step_s": round(time.perf_counter() - step_start, 4),
+            })
+            obs = next_obs
+            if terminated or truncated:
+                episode.update(success=bool(info["success"]), agent_success=info["agent_success"],
+                               terminated=terminated, truncated=truncated)
+                break
+    except PolicyError as error:
+        episode["error"] = {"kind": error.kind, "message": str(error)}
+    episode["wall_time_s"] = round(time.perf_counter() - started, 4)
+    return episode
+
+
+def default_run_name(directory: Path) -> str:
+    """The start time, made unique in `directory`."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    name, suffix = stamp, 1
+    while RunFiles(directory, name).rollouts.exists():
+        suffix += 1
+        name = f"{stamp}_{suffix}"
+    return name
+
+
+GUARDED_KEYS = ("env", "training.seed", "training.num_samples_per_task", "training.only_success",
+                "training.collect_mode", "training.dedup", "training.max_records_per_task", "agents")
+"""Settings a resumed run must share with the files it continues."""
+
+
+def run_identity(config: Config) -> dict[str, Any]:
+    """The guarded settings of a run, as saved beside its data."""
+    plain = to_dict(config)
+    identity = {}
+    for key in GUARDED_KEYS:
+        value: Any = plain
+        for part in key.split("."):
+            value = value[part]
+        identity[key] = value
+    identity["env"]["name"] = envs.resolve_name(config.env.name)
+    identity["agents"] = {agent: settings["trainable"] for agent, settings in identity["agents"].items()}
+    return identity
+
+
+def check_resume(files: RunFiles, config: Config) -> None:
+    """Refuse to continue a run whose files were made with other guarded settings."""
+    if not files.config.exists():
+        return
+    saved = json.loads(files.config.read_text())["identity"]
+    current = json.loads(json.dumps(run_identity(config)))
+    differences = [f"{key}: files have {saved.get(key)!r}, now {current[key]!r}"
+                   for key in GUARDED_KEYS if saved.get(key) != current[key]]
+    if differences:
+        raise ResumeMismatchError(f"Cannot resume run '{files.run_name}' with different settings ("
+                                  + "; ".join(differences) + "). Use another training.run_name.")
+
+
+def read_ledger(path: Path, repair: bool = True) -> list[Episode]:
+    """The episodes a previous run finished.
+
+    A kill can only leave a last line without its newline (a torn write): it is cut off
+    with a warning and its episode runs again. A broken line before it means the file was
+    damaged some other way, and that is an error, not something to guess about.
+    """
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    *complete, tail = data.split(b"\n")
+    episodes = {}
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            episode = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path}:{number} is not valid JSON; the file was damaged.") from None
+        episodes[episode["episode_id"]] = episode
+    if tail:
+        print(f"warning: {path}:{len(complete) + 1} is a torn line (the run was killed mid-write); "
+              "dropping it, its episode runs again.", file=sys.stderr)
+    if tail and repair:
+        with open(path, "r+b") as handle:
+            handle.truncate(len(data) - len(tail))
+    return list(episodes.values())
+
+
+class Collector:
+    """One collection run: files, filter, stats and the workers that fill them."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.env_name = envs.resolve_name(config.env.name)
+        directory = Path(config.training.sft_data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        run_name = config.training.run_name or default_run_name(directory)
+        self.files = RunFiles(directory, run_name)
+        training = config.training
+        self.filter = RecordFilter(training.only_success, training.collect_mode, training.dedup,
+                                   training.max_records_per_task)
+        self.stats = CollectionStats(self.env_name, run_name)
+        self.token_counter = TokenCounter(config)
+        self.started = time.perf_counter()
+        self.previous_wall_time = 0.0
+
+    def prepare(self) -> list[EpisodeSpec]:
+        """Resume what is on disk and return the episodes still to run."""
+        check_resume(self.files, self.config)
+        done = read_ledger(self.files.rollouts)
+        if done:
+            print(f"Resuming run '{self.files.run_name}': {len(done)} episodes already collected.", file=sys.stderr)
+        plan = plan_episodes(self.config)
+        planned_ids = {spec.episode_id for spec in plan}
+        done = [episode for episode in done if episode["episode_id"] in planned_ids]
+        self._rebuild_records(done)
+        self._save_config()
+        finished = {episode["episode_id"] for episode in done}
+        return [spec for spec in plan if spec.episode_id not in finished]
+
+    def _rebuild_records(self, done: list[Episode]) -> None:
+        """Write the records file anew from the ledger, so a crash leaves no orphan or twin."""
+        if previous := self._read_previous_stats():
+            self.previous_wall_time = previous.get("wall_time_s", 0.0)
+        temporary = self.files.records.with_suffix(".jsonl.tmp")
+        with open(temporary, "w") as handle:
+            for episode in done:
+                kept = self.filter.keep(episode)
+                for record in kept:
+                    handle.write(json.dumps(record) + "\n")
+                self.stats.add(episode, kept, self.token_counter.count(kept))
+        os.replace(temporary, self.files.records)
+
+    def _read_previous_stats(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.files.stats.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _save_config(self) -> None:
+        content = {"identity": run_identity(self.config), "config": to_dict(self.config)}
+        for policy in content["config"]["policies"].values():
+            policy.pop("api_key", None)
+        write_json_atomic(self.files.config, content)
+
+    def write_stats(self) -> dict[str, Any]:
+        wall_time = self.previous_wall_time + time.perf_counter() - self.started
+        stats = self.stats.to_dict(wall_time, self.filter.removed, self.token_counter.name)
+        write_json_atomic(self.files.stats, stats)
+        return stats
+
+    async def run(self, todo: list[EpisodeSpec]) -> None:
+        """Run `todo` on bounded workers, writing each episode as it ends."""
+        if not todo:
+            return
+        probe = make_env(self.config)
+        slots = build_agent_slots(self.config, probe.possible_agents)
+        if any(slot.policy.__class__.__name__ == "ExpertPolicy" for slot in slots.values()) and not probe.has_expert:
+            raise ConfigError(f"env '{self.env_name}' has no expert; use policy.backend=hf or openai.")
+        queue = iter(todo)
+        progress = Progress(self.stats.episodes + len(todo), initial=self.stats.episodes)
+        with open(self.files.records, "a") as records, open(self.files.rollouts, "a") as ledger:
+            writer = EpisodeWriter(self, records, ledger, progress)
+            workers = min(self.config.training.rollout_concurrency, len(todo))
+            environments = [probe] + [make_env(self.config) for _ in range(workers - 1)]
+            try:
+                await asyncio.gather(*(self._work(env, queue, slots, writer) for env in environments))
+            finally:
+                writer.sync()
+                progress.close()
+                for policy in {id(slot.policy): slot.policy for slot in slots.values()}.values():
+                    await policy.close()
+
+    async def _work(self, env, queue, slots, writer) -> None:
+        for spec in queue:
+            episode = await run_episode(env, spec, slots, self.env_name)
+            writer.write(episode)
+
+
+class EpisodeWriter:
+    """Appends a finished episode: its records first, then its ledger line (the commit)."""
+
+    def __init__(self, collector: Collector, records, ledger, progress: Progress):
+        self.collector, self.records, self.ledger, self.progress = collector, records, ledger, progress
+        self.unsynced = 0
+        self.last_stats = time.perf_counter()
+
+    def write(self, episode: Episode) -> None:
+        kept = self.collector.filter.keep(episode)
+        self.records.writelines(json.dumps(record) + "\n" for record in kept)
+        self.records.flush()
+        self.ledger.write(json.dumps(episode) + "\n")
+        self.ledger.flush()
+        self.collector.stats.add(episode, kept, self.collector.token_counter.count(kept))
+        self.unsynced += 1
+        if self.unsynced >= FSYNC_EVERY:
+            self.sync()
+        if time.perf_counter() - self.last_stats > STATS_EVERY_S:
+            self.collector.write_stats()
+            self.last_stats = time.perf_counter()
+        self.progress.update(self.collector.stats)
+
+    def sync(self) -> None:
+        for handle in (self.records, self.ledger):
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.unsynced = 0
+
+
+class Progress:
+    """A progress bar on stderr (tqdm), with the success rate and records kept so far."""
+
+    def __init__(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="episodes", unit="ep", file=sys.stderr, dynamic_ncols=True,
+                        disable=os.environ.get("PETTINGLLMS_PROGRESS", "1") == "0")
+
+    def update(self, stats: CollectionStats) -> None:
+        rate = stats.successful / stats.episodes if stats.episodes else 0.0
+        self.bar.set_postfix(success=f"{rate:.2f}", kept=stats.kept, errors=sum(stats.errors.values()), refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class TokenCounter:
+    """Counts the tokens of kept records with the tokenizer that will train on them."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.name: str | None = None
+        self._tokenizer = None
+        self._failed = False
+
+    def count(self, records: list[dict[str, Any]]) -> list[int]:
+        tokenizer = self._load()
+        if tokenizer is None:
+            return []
+        return [len(tokenizer.apply_chat_template(record["messages"], tokenize=True)) for record in records]
+
+    def _load(self):
+        if self._tokenizer is not None or self._failed:
+            return self._tokenizer
+        try:
+            from transformers import AutoTokenizer
+
+            path = training_model_path(self.config)
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            self.name = str(path)
+        except Exception as error:  # stats lose one field; collection must go on
+            print(f"warning: token counts unavailable ({error})", file=sys.stderr)
+            self._failed = True
+        return self._tokenizer
+
+
+def training_model_path(config: Config) -> str:
+    """The model the data will train: the configured one, else the collecting model, else the tiny one."""
+    if config.training.sft_config.model_name_or_path:
+        return config.training.sft_config.model_name_or_path
+    if config.policy.backend == "hf" and config.policy.model_path:
+        return config.policy.model_path
+    from pettingllms.tiny_model import tiny_model_path
+
+    return str(tiny_model_path())
+
+
+def write_json_atomic(path: Path, content: Any) -> None:
+    """Write JSON so that a reader never sees half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as handle:
+        json.dump(content, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def collect(config: Config) -> CollectResult:
+    """Run a collection (or resume one) and return where its files are, with its stats.
+
+    SIGINT/SIGTERM stop it cleanly: episodes in flight are abandoned, everything finished is
+    on disk, and the same command resumes.
+    """
+    collector = Collector(config)
+    todo = collector.prepare()
+    interrupted = asyncio.run(_run_until_signal(collector, todo))
+    stats = collector.write_stats()
+    return CollectResult(collector.files, stats, interrupted)
+
+
+async def _run_until_signal(collector: Collector, todo: list[EpisodeSpec]) -> bool:
+    loop = asyncio.get_running_loop()
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=collector.config.training.rollout_concurrency + 4))
+    task = asyncio.current_task()
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for number in stop_signals:
+        loop.add_signal_handler(number, task.cancel)
+    try:
+        await collector.run(todo)
+        return False
+    except asyncio.CancelledError:
+        return True
+    finally:
+        for number in stop_signals:
+            loop.remove_signal_handler(number)
+
+
+__all__ = ["CollectResult", "RunFiles", "collect", "plan_episodes", "make_env", "read_ledger", "UserError"]

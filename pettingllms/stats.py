@@ -1,0 +1,95 @@
+"""`pettingllms stats`: recompute the numbers of collected files, without new rollouts.
+
+A rollouts file is filtered again with the settings saved beside it (or the defaults), so
+its stats match what `collect` wrote; a records file is summarized as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pettingllms.exceptions import DataError
+from pettingllms.records import CollectionStats, RecordFilter, summarize_lengths
+
+
+def stats_for_file(path: Path, plot: bool = False) -> dict[str, Any]:
+    """Stats of a `rollouts_<run>.jsonl` or a records file; optionally a PNG of the lengths."""
+    if not path.exists():
+        raise DataError(f"No such file: {path}")
+    if path.name.startswith("rollouts_"):
+        stats = rollout_stats(path)
+        lengths = stats["_lengths"]
+    else:
+        stats = record_stats(path)
+        lengths = stats["_lengths"]
+    del stats["_lengths"]
+    if plot:
+        stats["plot"] = str(plot_lengths(lengths, path.with_suffix(".lengths.png")))
+    return stats
+
+
+def rollout_stats(path: Path) -> dict[str, Any]:
+    from pettingllms.runner import read_ledger
+
+    episodes = read_ledger(path, repair=False)
+    if not episodes:
+        raise DataError(f"{path} holds no episodes.")
+    run_name = path.name.removeprefix("rollouts_").removesuffix(".jsonl")
+    training = _saved_training_config(path.with_name(f"sft_data_{run_name}_config.json"))
+    record_filter = RecordFilter(training.get("only_success", True), training.get("collect_mode", "env"),
+                                 training.get("dedup", False), training.get("max_records_per_task"))
+    stats = CollectionStats(episodes[0]["env_name"], run_name)
+    for episode in episodes:
+        stats.add(episode, record_filter.keep(episode))
+    wall_time = sum(episode.get("wall_time_s", 0.0) for episode in episodes)
+    result = stats.to_dict(wall_time, record_filter.removed)
+    result["wall_time_s_note"] = "sum of episode times (episodes ran concurrently)"
+    result["_lengths"] = stats.record_chars
+    return result
+
+
+def _saved_training_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())["config"]["training"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return {}
+
+
+def record_stats(path: Path) -> dict[str, Any]:
+    from pettingllms.training.data import read_records
+
+    records = read_records([str(path)])
+    agents, policies, successes = Counter(), Counter(), Counter()
+    lengths, episodes = [], set()
+    for record in records:
+        metadata = record.get("metadata") or {}
+        agents[metadata.get("agent_name")] += 1
+        policies[metadata.get("policy_name")] += 1
+        successes[str(metadata.get("env_success"))] += 1
+        episodes.add(metadata.get("episode_id"))
+        lengths.append(sum(len(str(m.get("content", ""))) for m in record.get("messages", [])) or
+                       len(str(record.get("prompt", ""))) + len(str(record.get("response", ""))))
+    return {"file": str(path), "records": len(records), "episodes": len(episodes - {None}),
+            "per_agent": dict(agents), "per_policy": dict(policies), "env_success": dict(successes),
+            "record_chars": summarize_lengths(lengths), "_lengths": lengths}
+
+
+def plot_lengths(lengths: list[int], output: Path) -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DataError("--plot needs matplotlib: pip install matplotlib") from None
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.hist(lengths, bins=30)
+    axis.set_xlabel("characters per kept record")
+    axis.set_ylabel("records")
+    figure.tight_layout()
+    figure.savefig(output)
+    plt.close(figure)
+    return output
