@@ -1,0 +1,160 @@
+"""Settings of the training stage: the `training.sft_config.*` keys.
+
+`SFTSettings` is a plain dataclass so that OmegaConf can use it as a structured config
+(the top-level config nests it under `training.sft_config`); every field therefore has an
+OmegaConf-friendly type (str, int, float, bool, `X | None`, `list[str]`) and a help string.
+`pettingllms.training.sft` turns it into TRL's `SFTConfig` and PEFT's `LoraConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SFTSettings:
+    """How to fine-tune a model on collected records.
+
+    Data selection (`agents`, `policies`, `env_success`, `min_reward`) reads each record's
+    `metadata`; plain `prompt`/`response` rows have none, so any active filter removes them.
+    """
+
+    # > What to train
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model to fine-tune: a local folder or a Hub id already in the local cache. None means the "
+            "tiny built-in model (`pettingllms make-tiny-model`)."
+        },
+    )
+    output_dir: str = field(
+        default="./sft_model",
+        metadata={
+            "help": "Where the adapter (or full model), tokenizer, training args, checkpoints and "
+            "`training_summary.json` are written. With `per_policy`, one subfolder per policy."
+        },
+    )
+    use_lora: bool = field(
+        default=True,
+        metadata={"help": "Train a LoRA adapter (PEFT). False fine-tunes every weight of the model."},
+    )
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={
+            "help": "Modules that get an adapter: 'all-linear' (every linear layer except the output head) or a "
+            "comma-separated list of module names, e.g. 'q_proj,v_proj'."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, also write base + adapter as one standalone model to `<output_dir>/merged`."
+        },
+    )
+    per_policy: bool = field(
+        default=False,
+        metadata={
+            "help": "Train one adapter per `metadata.policy_name` (role-specialized agents) into "
+            "`<output_dir>/<policy_name>`."
+        },
+    )
+
+    # > Which records
+    agents: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Keep only records whose `metadata.agent_name` is listed. Empty keeps all agents."},
+    )
+    policies: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Keep only records whose `metadata.policy_name` is listed. Empty keeps all policies."},
+    )
+    env_success: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only records whose `metadata.env_success` equals this. None applies no filter: "
+            "collection with `training.only_success=true` has already kept successful episodes only."
+        },
+    )
+    min_reward: float | None = field(
+        default=None,
+        metadata={"help": "Keep only records whose `metadata.reward` is at least this. None applies no filter."},
+    )
+    thinking: str = field(
+        default="keep",
+        metadata={
+            "help": "'keep' trains on the reply as written; 'strip' removes `<think>...</think>` blocks from the "
+            "trained reply (see `pettingllms.training.data.strip_thinking`).",
+            "choices": ["keep", "strip"],
+        },
+    )
+    max_seq_length: int = field(
+        default=2048,
+        metadata={
+            "help": "Samples longer than this many tokens (prompt + reply, chat template applied) are dropped and "
+            "counted, never truncated: a cut reply would teach the model to stop mid-answer."
+        },
+    )
+    eval_split: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of the selected samples held out for evaluation (0 holds out none)."},
+    )
+    eval_data_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation data: a file or glob, or several separated by commas. The same selection applies. "
+            "Used instead of `eval_split`."
+        },
+    )
+
+    # > How to train
+    num_train_epochs: float = field(default=3, metadata={"help": "Passes over the training samples."})
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "Stop after this many optimizer steps; overrides `num_train_epochs` when positive."},
+    )
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Samples per device per forward pass."})
+    gradient_accumulation_steps: int = field(
+        default=8, metadata={"help": "Forward passes accumulated before each optimizer step."}
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "Learning-rate schedule, as in transformers: 'linear', 'cosine', 'constant', ..."},
+    )
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of the steps spent warming the lr up."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass: less memory, about 20% slower."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 mixed precision. None decides: on when the GPU supports it, never on CPU. Pass "
+            "false to force fp32."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for adapter initialisation, shuffling and the eval split."})
+
+    # > Logging and checkpoints
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many steps."})
+    eval_steps: int = field(
+        default=0,
+        metadata={"help": "Evaluate every this many steps. 0 evaluates once, at the end of training."},
+    )
+    save_steps: int = field(default=500, metadata={"help": "Write a checkpoint every this many steps."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints (None keeps all)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume from a checkpoint folder, or 'last' for the newest checkpoint in `output_dir`."
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Where transformers reports metrics: 'none', 'tensorboard', 'wandb', 'all', ..."},
+    )

@@ -1,0 +1,402 @@
+"""Fine-tune a model on collected records with TRL's `SFTTrainer` and a PEFT LoRA adapter.
+
+    >>> summary = run_training(SFTSettings(max_steps=20), ["sft_data/sft_data_*.jsonl"])
+
+Also a small entry point of its own, which runs under `torchrun` / `accelerate launch` too
+(the Trainer sets up DDP from the launcher's environment):
+
+    torchrun --nproc_per_node 2 -m pettingllms.training.sft --data 'sft_data/*.jsonl' max_steps=20
+
+The loss mask. Each record becomes a conversational prompt-completion sample (data.py) and
+TRL renders prompt and prompt+completion with the model's chat template; with
+`completion_only_loss` no prompt token carries loss. When the template marks assistant text
+with `{% generation %}` and the marked span ends on the end-of-turn token, TRL's
+`assistant_only_loss` is switched on as well and a token is trained only if both masks keep
+it: exactly the reply and its end-of-turn token (ChatML: `content<|im_end|>`, not the `\n`
+written after it). With any other template the loss covers all the template writes after
+the prompt: the reply, its end-of-turn token and any trailing separator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pettingllms.exceptions import ConfigError, DataError, ModelNotFoundError, UserError
+from pettingllms.training.config import SFTSettings
+from pettingllms.training.data import (
+    build_samples,
+    expand_paths,
+    group_by_policy,
+    read_records,
+    select_records,
+    split_eval,
+)
+
+SUMMARY_FILE = "training_summary.json"
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run_training(settings: SFTSettings, data_paths: list[str]) -> dict[str, Any]:
+    """Train on the records in `data_paths` (files or globs); return the training summary.
+
+    Writes the adapter (or full model), tokenizer, training args and `training_summary.json`
+    to `settings.output_dir`; with `per_policy`, one such folder per policy inside it.
+    """
+    settings = _as_settings(settings)
+    records, report = select_records(read_records(data_paths), settings)
+    eval_records = read_eval_records(settings)
+    _print_main(f"[pettingllms] {report.describe()}.")
+    sources = {"data_files": [str(p) for p in expand_paths(data_paths)], "selection": dataclasses.asdict(report)}
+    if not settings.per_policy:
+        return train_model(settings, records, eval_records, sources)
+    summaries = {}
+    for policy, group in group_by_policy(records).items():
+        _print_main(f"[pettingllms] Policy '{policy}': {len(group)} records.")
+        policy_settings = dataclasses.replace(settings, output_dir=str(Path(settings.output_dir) / policy))
+        policy_eval = [r for r in eval_records if r["metadata"].get("policy_name") == policy]
+        summaries[policy] = train_model(policy_settings, group, policy_eval, sources)
+    summary = {"output_dir": settings.output_dir, "per_policy": summaries}
+    _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
+    return summary
+
+
+def read_eval_records(settings: SFTSettings) -> list[dict]:
+    """The selected records of `settings.eval_data_path` (none when it is unset)."""
+    if not settings.eval_data_path:
+        return []
+    try:
+        return select_records(read_records(_split_paths(settings.eval_data_path)), settings)[0]
+    except DataError as error:
+        raise DataError(f"eval_data_path: {error}") from None
+
+
+def train_model(
+    settings: SFTSettings, records: list[dict], eval_records: list[dict], sources: dict[str, Any]
+) -> dict[str, Any]:
+    """Train one model (or adapter) on `records`, save it, and return its summary."""
+    started = time.monotonic()
+    checkpoint = resolve_checkpoint(settings)
+    model_path = resolve_model_path(settings.model_name_or_path)
+    model, tokenizer = load_model(model_path, dtype="float32"), load_tokenizer(model_path)
+    train, evaluation, dropped = build_datasets(settings, records, eval_records, tokenizer)
+    trainer = build_trainer(settings, model, tokenizer, train, evaluation)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    eval_loss = trainer.evaluate()["eval_loss"] if evaluation is not None else None
+    trainer.save_model(settings.output_dir)
+    summary = {"model": model_path, "output_dir": settings.output_dir, **sources, "dropped": dropped,
+               **describe_training(trainer, result, eval_loss), "use_lora": settings.use_lora,
+               "merged_model": None, "settings": dataclasses.asdict(settings)}
+    if trainer.is_world_process_zero():
+        summary["merged_model"] = _merge_if_asked(settings, model_path)
+        print(f"[pettingllms] Saved {'adapter' if settings.use_lora else 'model'} to {settings.output_dir}")
+    summary["wall_time_s"] = round(time.monotonic() - started, 2)
+    _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
+    return summary
+
+
+def build_datasets(
+    settings: SFTSettings, records: list[dict], eval_records: list[dict], tokenizer: Any
+) -> tuple[Any, Any, dict[str, int]]:
+    """(train, eval or None, dropped counts): `datasets.Dataset`s of prompt-completion samples."""
+    from datasets import Dataset
+
+    count_tokens = token_counter(tokenizer)
+    samples, dropped = build_samples(records, settings.thinking, settings.max_seq_length, count_tokens)
+    if eval_records:
+        eval_samples, _ = build_samples(eval_records, settings.thinking, settings.max_seq_length, count_tokens)
+    else:
+        samples, eval_samples = split_eval(samples, settings.eval_split, settings.seed)
+    too_long = f"{dropped['too_long']} longer than max_seq_length={settings.max_seq_length} tokens"
+    if not samples:
+        raise DataError(f"No samples left to train on: of {len(records)} records, {too_long} and "
+                        f"{dropped['empty_reply']} with an empty reply were dropped.")
+    _print_main(f"[pettingllms] Dropped {too_long} and {dropped['empty_reply']} with an empty reply; "
+                f"training on {len(samples)} samples, evaluating on {len(eval_samples)}.")
+    return Dataset.from_list(samples), Dataset.from_list(eval_samples) if eval_samples else None, dropped
+
+
+def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any, evaluation: Any = None) -> Any:
+    """TRL's `SFTTrainer` over prompt-completion datasets, with the loss mask described above."""
+    from trl import SFTTrainer
+
+    if not tokenizer.chat_template:
+        raise UserError(
+            f"The tokenizer of '{tokenizer.name_or_path}' has no chat template; train a chat (instruct) model."
+        )
+    has_eval = evaluation is not None
+    config = build_sft_config(settings, has_eval=has_eval, assistant_mask=uses_assistant_mask(tokenizer))
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=build_lora_config(settings),
+    )
+
+
+# ---------------------------------------------------------------- configs
+
+
+def build_sft_config(settings: SFTSettings, has_eval: bool, assistant_mask: bool) -> Any:
+    """TRL's `SFTConfig` for `settings`, on GPU when there is one, else on CPU."""
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    periodic_eval = has_eval and settings.eval_steps > 0
+    return SFTConfig(
+        output_dir=settings.output_dir,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        per_device_eval_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        # TRL defaults to bf16, which the Trainer refuses on a CPU-only machine unless told so.
+        bf16=settings.bf16 if settings.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=settings.eval_steps if periodic_eval else None,
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        report_to=settings.report_to,
+        completion_only_loss=True,
+        assistant_only_loss=assistant_mask,
+        # Long samples were dropped whole by `build_samples`; TRL's truncation would cut replies.
+        max_length=None,
+        # Every LoRA (or model) parameter takes part in each step, so DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
+        **_renamed_arguments(SFTConfig, settings),
+    )
+
+
+def _renamed_arguments(config_class: type, settings: SFTSettings) -> dict[str, Any]:
+    """Warmup and checkpointing arguments under the names this transformers version uses.
+
+    transformers 5 folded `warmup_ratio` into `warmup_steps` (a value below 1 is a ratio) and
+    renamed `gradient_checkpointing` to `activation_checkpointing`; the old name, which TRL's
+    config still sets (to True by default), warns on every run.
+    """
+    fields = config_class.__dataclass_fields__
+    warmup = "warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    # Checkpointing is opt-in here: it slows small models down.
+    return {warmup: settings.warmup_ratio, checkpointing: settings.gradient_checkpointing}
+
+
+def build_lora_config(settings: SFTSettings) -> Any:
+    """PEFT `LoraConfig` for a causal LM, or None for full fine-tuning."""
+    if not settings.use_lora:
+        return None
+    from peft import LoraConfig
+
+    targets = settings.lora_target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [name.strip() for name in targets.split(",")],
+    )
+
+
+def uses_assistant_mask(tokenizer: Any) -> bool:
+    """Whether TRL's assistant mask can narrow the loss to the reply and its end-of-turn token.
+
+    It needs `{% generation %}` markers in the template whose span ends on the end-of-turn
+    token; without the latter the model would never be trained to stop.
+    """
+    from trl.chat_template_utils import has_generation_markers, is_chat_template_stop_token_trained
+
+    template = tokenizer.chat_template
+    return bool(template) and has_generation_markers(template) and is_chat_template_stop_token_trained(tokenizer)
+
+
+def token_counter(tokenizer: Any):
+    """A function giving a sample's token count with the chat template applied, as TRL tokenizes it."""
+
+    def count_tokens(sample: dict[str, Any]) -> int:
+        messages = sample["prompt"] + sample["completion"]
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+    return count_tokens
+
+
+# ---------------------------------------------------------------- models and checkpoints
+
+
+def resolve_model_path(model_name_or_path: str | None) -> str:
+    """The model to load: the one named, or the tiny built-in model for None."""
+    if model_name_or_path:
+        return model_name_or_path
+    from pettingllms.tiny_model import tiny_model_path
+
+    return str(tiny_model_path())
+
+
+def load_model(name_or_path: str, dtype: str = "auto") -> Any:
+    """A causal LM from a local folder or the local Hub cache; `ModelNotFoundError` if neither has it."""
+    from transformers import AutoModelForCausalLM
+
+    _check_model_path(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"Cannot load model '{name_or_path}': {_first_line(error)}") from None
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer saved with a model (or adapter) folder or Hub id."""
+    from transformers import AutoTokenizer
+
+    _check_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"Cannot load the tokenizer of '{name_or_path}': {_first_line(error)}") from None
+
+
+def _check_model_path(name_or_path: str) -> None:
+    # A Hub id is "name" or "org/name"; anything else is a local path, which transformers would
+    # otherwise try to look up on the Hub and fail with a confusing message.
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().is_dir():
+        raise ModelNotFoundError(f"Model folder not found: '{name_or_path}'.")
+
+
+def resolve_checkpoint(settings: SFTSettings) -> str | None:
+    """The checkpoint folder to resume from, if any ('last' = newest in `output_dir`)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = settings.resume_from_checkpoint
+    if wanted is None:
+        return None
+    if wanted == "last":
+        last = get_last_checkpoint(settings.output_dir) if Path(settings.output_dir).is_dir() else None
+        if last is None:
+            raise UserError(f"resume_from_checkpoint=last: no checkpoint-* folder in '{settings.output_dir}'.")
+        return last
+    if not Path(wanted).is_dir():
+        raise UserError(f"Checkpoint folder not found: '{wanted}'.")
+    return wanted
+
+
+def _merge_if_asked(settings: SFTSettings, model_path: str) -> str | None:
+    if not (settings.merge_lora and settings.use_lora):
+        return None
+    from pettingllms.training.merge import merge_lora
+
+    merged = merge_lora(model_path, settings.output_dir, str(Path(settings.output_dir) / "merged"), overwrite=True)
+    print(f"[pettingllms] Merged model saved to {merged}")
+    return str(merged)
+
+
+# ---------------------------------------------------------------- summary helpers
+
+
+def count_label_tokens(dataset: Any) -> int:
+    """Tokens that carry loss in one pass over `dataset` (labels other than -100)."""
+    return sum(sum(1 for label in labels if label != -100) for labels in dataset["labels"])
+
+
+def describe_training(trainer: Any, result: Any, eval_loss: float | None) -> dict[str, Any]:
+    """What a finished `trainer.train()` did: samples, trained tokens, losses, steps, processes."""
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    final_loss = logged[-1] if logged else result.training_loss
+    return {
+        "train_samples": len(trainer.train_dataset),
+        "eval_samples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "label_tokens": count_label_tokens(trainer.train_dataset),
+        "loss_mask": "reply + end-of-turn token (completion and assistant masks)"
+        if trainer.args.assistant_only_loss
+        else "all the template writes after the prompt (completion mask)",
+        "final_train_loss": final_loss,
+        "mean_train_loss": result.training_loss,
+        "eval_loss": eval_loss,
+        "global_steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "world_size": trainer.args.world_size,
+    }
+
+
+def _is_main_process() -> bool:
+    # Set by torchrun / accelerate; absent in a single process.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _print_main(message: str) -> None:
+    if _is_main_process():
+        print(message, flush=True)
+
+
+def _write_main(path: Path, summary: dict[str, Any]) -> None:
+    if _is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _split_paths(paths: str | None) -> list[str]:
+    return [part.strip() for part in (paths or "").split(",") if part.strip()]
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _as_settings(settings: Any) -> SFTSettings:
+    # The command line hands over an OmegaConf node typed as SFTSettings; make it the dataclass.
+    if isinstance(settings, SFTSettings):
+        return settings
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(settings)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def settings_from_overrides(overrides: list[str]) -> SFTSettings:
+    """`SFTSettings` from `key=value` strings, checked by OmegaConf (unknown keys, types)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        config = OmegaConf.merge(OmegaConf.structured(SFTSettings), OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as error:
+        raise ConfigError(_first_line(error)) from None
+    return OmegaConf.to_object(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pettingllms.training.sft",
+        description="Fine-tune on collected JSONL/Parquet records (also under torchrun).",
+    )
+    parser.add_argument("--data", action="append", required=True, help="data file or glob; repeat for more")
+    parser.add_argument("overrides", nargs="*", help="SFTSettings fields as key=value, e.g. max_steps=10")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_training(settings_from_overrides(args.overrides), args.data)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print_main(f"[pettingllms] Summary: {Path(summary['output_dir']) / SUMMARY_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole math flow, small: a few expert episodes (some played wrong), one epoch on the tiny model.
+#   bash scripts/sft_train/math_sft_quick_test.sh
+#   MODEL_PATH=/models/Qwen3-1.7B bash scripts/sft_train/math_sft_quick_test.sh   # same flow, real model
+source "$(dirname "$0")/common.sh"
+"$PETTINGLLMS" quick-test env.name=math_env "${model_args[@]}" "$@"

@@ -1,0 +1,42 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pettingllms", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_envs_lists_every_registered_environment():
+    result = run_cli("envs")
+    assert result.returncode == 0, result.stderr
+    for name in ("sokoban", "plan_path", "sudoku", "code_env", "math_env"):
+        assert name in result.stdout
+    assert "tool, planner" in result.stdout
+
+
+def test_keys_lists_keys_with_help():
+    result = run_cli("keys")
+    assert result.returncode == 0
+    assert "training.sft_num_episodes = 100" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "env.name=sokobn"], "Unknown env 'sokobn'. Did you mean 'sokoban'? Registered: sokoban"),
+    (["collect", "policy=nope"], "Unknown policy 'nope'"),
+    (["collect", "training.sft_num_episodes=0"], "training.sft_num_episodes=0 is invalid; expected an integer > 0"),
+    (["collect", "training.sft_num_episode=3"], "Unknown config key 'training.sft_num_episode'"),
+    (["collect", "oops"], "is not key=value"),
+    (["collect", "policy.model_path=/no/such/model", "training.sft_num_episodes=1"], "/no/such/model"),
+    (["train", "training.train_data_path=/no/such/*.jsonl"], "/no/such/*.jsonl"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    result = run_cli(*args, f"training.sft_data_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1

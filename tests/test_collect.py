@@ -1,0 +1,84 @@
+"""`collect` end to end with the expert: the three files, and stats that agree with them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pettingllms.config import load_config
+from pettingllms.runner import collect, plan_episodes
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_collect(tmp_path, *overrides, name="run"):
+    config = load_config([f"training.sft_data_dir={tmp_path}", f"training.run_name={name}", *overrides])
+    return collect(config)
+
+
+def test_expert_collection_writes_three_files_that_agree(tmp_path):
+    result = run_collect(tmp_path, "env.name=sokoban", "policy=expert", "training.sft_num_episodes=50",
+                         "policy.error_rate=0.3")
+    records, episodes = read_jsonl(result.files.records), read_jsonl(result.files.rollouts)
+    stats = json.loads(result.files.stats.read_text())
+    assert len(episodes) == stats["total_episodes"] == 50
+    successful = [e for e in episodes if e["success"]]
+    assert 0 < len(successful) < 50, "error_rate=0.3 must give both outcomes"
+    assert stats["successful_episodes"] == len(successful)
+    assert stats["success_rate"] == round(len(successful) / 50, 4)
+    assert stats["kept_records"] == len(records) == sum(len(e["turns"]) for e in successful)
+    assert stats["total_records"] == sum(len(e["turns"]) for e in episodes)
+    assert {r["metadata"]["episode_id"] for r in records} == {e["episode_id"] for e in successful}
+    assert all(r["metadata"]["env_success"] is True for r in records)
+    for agent, counts in stats["per_agent"].items():
+        assert counts["kept"] == sum(r["metadata"]["agent_name"] == agent for r in records)
+    assert stats["removed"]["not_successful"] == stats["total_records"] - stats["kept_records"]
+    assert stats["kept_record_tokens"]["max"] > 0
+
+
+def test_without_errors_every_episode_succeeds(tmp_path):
+    result = run_collect(tmp_path, "env.name=plan_path", "policy=expert", "training.sft_num_episodes=12")
+    assert result.stats["success_rate"] == 1.0 and result.stats["kept_records"] > 0
+
+
+def test_same_seed_and_config_give_the_same_episodes(tmp_path):
+    first = run_collect(tmp_path, "policy=expert", "policy.error_rate=0.5", "training.sft_num_episodes=12", name="a")
+    second = run_collect(tmp_path, "policy=expert", "policy.error_rate=0.5", "training.sft_num_episodes=12",
+                         "training.rollout_concurrency=3", name="b")
+    by_id = lambda path: sorted(read_jsonl(path), key=lambda r: (r["metadata"]["episode_id"], r["metadata"]["turn_idx"]))
+    assert by_id(first.files.records) == by_id(second.files.records)
+
+
+def test_samples_per_task_share_a_task(tmp_path):
+    config = load_config(["training.sft_num_episodes=6", "training.num_samples_per_task=3"])
+    specs = plan_episodes(config)
+    assert [(s.env_idx, s.rollout_idx) for s in specs] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert len({s.episode_id for s in specs}) == 6 and specs[0].seed == specs[2].seed != specs[3].seed
+
+
+def test_train_and_test_splits_use_disjoint_seeds():
+    train = {s.seed for s in plan_episodes(load_config(["training.sft_num_episodes=500"]))}
+    test = {s.seed for s in plan_episodes(load_config(["training.sft_num_episodes=500", "env.split=test"]))}
+    assert not train & test
+
+
+def test_tiny_hf_model_collects_and_stats_say_nothing_succeeded(tmp_path):
+    result = run_collect(tmp_path, "env.name=sokoban", "policy=hf", "training.sft_num_episodes=4",
+                         "env.max_turns=1", "policy.max_tokens=24")
+    episodes = read_jsonl(result.files.rollouts)
+    assert len(episodes) == 4 and all(len(e["turns"]) == 2 for e in episodes)
+    assert all(t["prompt_text"] and t["prompt_text"].startswith("<|im_start|>") for e in episodes for t in e["turns"])
+    assert result.stats["total_episodes"] == 4 and result.stats["errors"] == {}
+    assert result.stats["kept_records"] == sum(len(e["turns"]) for e in episodes if e["success"])
+    assert result.stats["usage"]["completion_tokens"] > 0
+
+
+def test_non_trainable_agent_and_role_specialized_policies(tmp_path):
+    result = run_collect(tmp_path, "policy=expert", "policies.teacher.backend=expert",
+                         "agents.tool.policy=teacher", "agents.planner.trainable=false", "training.sft_num_episodes=6")
+    records = read_jsonl(result.files.records)
+    assert records and {r["metadata"]["agent_name"] for r in records} == {"tool"}
+    assert {r["metadata"]["policy_name"] for r in records} == {"teacher"}
+    assert result.stats["removed"]["not_trainable"] == 6

@@ -1,0 +1,239 @@
+"""Fine-tuning on the tiny built-in model (pettingllms/training/sft.py): the loss mask, the
+saved outputs and the summary, per-policy adapters, full fine-tuning, resuming, torchrun.
+
+Everything runs on CPU in a few seconds per training: a handful of records, a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pettingllms.exceptions import ModelNotFoundError
+from pettingllms.training.config import SFTSettings
+from pettingllms.training.data import read_records
+from pettingllms.training.sft import build_datasets, build_trainer, load_model, load_tokenizer, run_training
+from pettingllms.tiny_model import tiny_model_path
+
+SYSTEM = "You are the planner. Reply with moves."
+
+
+def make_record(index: int, policy: str = "shared", agent: str = "planner", reply: str | None = None) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Grid {index}: push the box to the goal."},
+            {"role": "assistant", "content": reply or f"Actions: Up Left {index}"},
+        ],
+        "metadata": {"agent_name": agent, "policy_name": policy, "reward": 1.0, "env_success": True,
+                     "env_name": "sokoban", "env_idx": 0, "rollout_idx": index, "turn_idx": 0,
+                     "episode_id": f"ep{index}"},
+    }
+
+
+def write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return str(path)
+
+
+def quick_settings(output_dir: Path, **overrides) -> SFTSettings:
+    """Settings for a training of a few seconds on CPU."""
+    values = dict(output_dir=str(output_dir), max_steps=2, per_device_train_batch_size=2,
+                  gradient_accumulation_steps=1, learning_rate=1e-3, lora_r=4, lora_alpha=8,
+                  logging_steps=1, save_steps=100)
+    return SFTSettings(**(values | overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> str:
+    return str(tiny_model_path())
+
+
+# ---------------------------------------------------------------- the loss mask
+
+
+def trained_text(trainer, tokenizer, index: int = 0) -> tuple[str, str]:
+    """(decoded tokens that carry loss, decoded full sequence) of sample `index`, as the trainer batches it."""
+    batch = trainer.data_collator([trainer.train_dataset[index]])
+    input_ids, labels = batch["input_ids"][0], batch["labels"][0]
+    return tokenizer.decode(input_ids[labels != -100]), tokenizer.decode(input_ids)
+
+
+def multi_turn_record() -> dict:
+    """A record whose prompt holds an earlier assistant turn, which must not be trained on."""
+    record = make_record(7, reply="Down Down Right")
+    record["messages"][2:2] = [
+        {"role": "assistant", "content": "EARLIER REPLY"},
+        {"role": "user", "content": "The box did not move. Again."},
+    ]
+    return {**record, "source": "mem:1"}
+
+
+def test_loss_is_on_the_reply_and_its_end_of_turn_token_only(tmp_path, tiny_model):
+    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    settings = quick_settings(tmp_path)
+    train, _, _ = build_datasets(settings, [multi_turn_record()], [], tokenizer)
+    trainer = build_trainer(settings, model, tokenizer, train)
+
+    trained, full = trained_text(trainer, tokenizer)
+    assert trained == "Down Down Right<|im_end|>"
+    assert full.endswith("<|im_start|>assistant\nDown Down Right<|im_end|>\n")
+    assert SYSTEM in full and "EARLIER REPLY" in full  # in the prompt, and never trained on
+
+
+def test_without_generation_markers_the_loss_still_skips_the_prompt(tmp_path, tiny_model):
+    # Plain ChatML, as many real models ship it: no {% generation %} markers.
+    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    settings = quick_settings(tmp_path)
+    train, _, _ = build_datasets(settings, [multi_turn_record()], [], tokenizer)
+    trainer = build_trainer(settings, model, tokenizer, train)
+
+    trained, _ = trained_text(trainer, tokenizer)
+    assert trained == "Down Down Right<|im_end|>\n"  # the template's separator after the turn comes along
+    assert not trainer.args.assistant_only_loss
+
+
+def test_thinking_strip_removes_think_blocks_from_the_trained_tokens(tmp_path, tiny_model):
+    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    record = {**make_record(1, reply="<think>box left of goal</think>Right"), "source": "mem:1"}
+    settings = quick_settings(tmp_path, thinking="strip")
+    train, _, _ = build_datasets(settings, [record], [], tokenizer)
+    trained, _ = trained_text(build_trainer(settings, model, tokenizer, train), tokenizer)
+    assert trained == "Right<|im_end|>"
+
+
+# ---------------------------------------------------------------- run_training
+
+
+def test_run_training_saves_an_adapter_and_a_summary(tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    records = [make_record(i) for i in range(14)] + [make_record(90, reply="Up " * 400) for _ in range(2)]
+    data = write_jsonl(tmp_path / "sft_data_run.jsonl", records)
+    output = tmp_path / "adapter"
+    summary = run_training(quick_settings(output, eval_split=0.2, max_seq_length=256), [data])
+
+    assert (output / "adapter_config.json").is_file() and (output / "adapter_model.safetensors").is_file()
+    assert (output / "tokenizer_config.json").is_file() and (output / "training_args.bin").is_file()
+    written = json.loads((output / "training_summary.json").read_text())
+    assert written["dropped"] == {"empty_reply": 0, "too_long": 2}
+    assert (written["train_samples"], written["eval_samples"]) == (11, 3)
+    assert written["selection"] == {"total": 16, "removed": {}, "selected": 16}
+    assert written["data_files"] == [data] and written["model"] == tiny_model
+    assert written["label_tokens"] > 11 and written["world_size"] == 1 and written["global_steps"] == 2
+    assert math.isfinite(written["final_train_loss"]) and math.isfinite(written["eval_loss"])
+    assert written["wall_time_s"] > 0 and written["use_lora"] is True
+    assert summary["label_tokens"] == written["label_tokens"]
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(output))
+    assert model.peft_config["default"].r == 4
+
+
+def test_per_policy_trains_one_adapter_per_policy(tmp_path, tiny_model):
+    records = [make_record(i, policy="planner_model" if i % 2 else "executor_model") for i in range(8)]
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    summary = run_training(quick_settings(tmp_path / "out", per_policy=True, max_steps=1), [data])
+
+    assert sorted(summary["per_policy"]) == ["executor_model", "planner_model"]
+    for policy in ("executor_model", "planner_model"):
+        assert (tmp_path / "out" / policy / "adapter_config.json").is_file()
+        assert json.loads((tmp_path / "out" / policy / "training_summary.json").read_text())["train_samples"] == 4
+    assert (tmp_path / "out" / "training_summary.json").is_file()
+
+
+def test_use_lora_false_saves_a_full_model(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(4)])
+    run_training(quick_settings(tmp_path / "full", use_lora=False, max_steps=1), [data])
+
+    assert not (tmp_path / "full" / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
+    assert model.config.model_type == "qwen2"
+
+
+def test_resume_from_the_last_checkpoint(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(8)])
+    output = tmp_path / "resumable"
+    run_training(quick_settings(output, max_steps=2, save_steps=1), [data])
+    assert (output / "checkpoint-2").is_dir()
+
+    summary = run_training(quick_settings(output, max_steps=3, save_steps=1, resume_from_checkpoint="last"), [data])
+    assert summary["global_steps"] == 3 and (output / "checkpoint-3").is_dir()
+
+
+def test_eval_data_file_is_selected_like_the_training_data(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "train.jsonl", [make_record(i) for i in range(4)])
+    held_out = [make_record(i, agent="planner" if i < 13 else "critic") for i in range(10, 15)]
+    eval_data = write_jsonl(tmp_path / "eval.jsonl", held_out)
+    settings = quick_settings(tmp_path / "out", max_steps=1, agents=["planner"], eval_data_path=eval_data)
+    summary = run_training(settings, [data])
+    assert summary["eval_samples"] == 3 and math.isfinite(summary["eval_loss"])
+
+
+def test_error_when_every_sample_is_too_long(tmp_path, tiny_model):
+    from pettingllms.exceptions import DataError
+
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(3)])
+    with pytest.raises(DataError, match="No samples left to train on: of 3 records, 3 longer than max_seq_length=8"):
+        run_training(quick_settings(tmp_path / "out", max_seq_length=8), [data])
+
+
+def test_error_when_the_tokenizer_has_no_chat_template(tmp_path, tiny_model):
+    from pettingllms.exceptions import UserError
+
+    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    settings = quick_settings(tmp_path)
+    train, _, _ = build_datasets(settings, [{**make_record(0), "source": "mem:1"}], [], tokenizer)
+    tokenizer.chat_template = None
+    with pytest.raises(UserError, match="has no chat template; train a chat"):
+        build_trainer(settings, model, tokenizer, train)
+
+
+def test_missing_model_is_a_one_line_error(tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(0)])
+    missing = str(tmp_path / "no_such_model")
+    with pytest.raises(ModelNotFoundError, match=f"^Model folder not found: '{missing}'.$"):
+        run_training(quick_settings(tmp_path / "out", model_name_or_path=missing), [data])
+
+
+def test_records_are_read_before_the_model_is_loaded(tmp_path):
+    # A data mistake is reported at once, not after a (possibly long) model load.
+    from pettingllms.exceptions import DataError
+
+    with pytest.raises(DataError, match="No data file matches"):
+        run_training(quick_settings(tmp_path / "out", model_name_or_path="/no/such/model"), [str(tmp_path / "*.jsonl")])
+
+
+# ---------------------------------------------------------------- several processes
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_share_the_data(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(8)])
+    output = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "pettingllms.training.sft", "--data", data,
+               f"output_dir={output}", "num_train_epochs=1", "per_device_train_batch_size=1",
+               "gradient_accumulation_steps=1", "lora_r=4", "save_steps=100"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["world_size"] == 2
+    # 8 samples, one per step and per process: 4 steps when both ranks take half the data each.
+    assert summary["global_steps"] == 4
+    assert (output / "adapter_model.safetensors").is_file()
+    assert done.stdout.count("[pettingllms] Saved adapter") == 1  # only rank 0 writes
