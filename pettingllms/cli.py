@@ -164,7 +164,7 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def print_summary_table(stats: dict[str, Any], summary: dict[str, Any], files) -> None:
-    loss = summary.get("train_loss")
+    loss = summary.get("final_train_loss")
     rows = [
         ("episodes", str(stats["total_episodes"])),
         ("success rate", f"{stats['success_rate']:.2f} ({stats['successful_episodes']} ok, "
