@@ -1,0 +1,76 @@
+"""The four modes from the command line, as a user runs them (real subprocesses, tiny model)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "pettingllms", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_quick_test_runs_the_whole_flow_and_prints_the_summary(tmp_path):
+    result = run_cli("quick-test", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "quick-test summary" in result.stdout
+    data_dir = tmp_path / "sft_data" / "quick_test"
+    stats = json.loads(next(data_dir.glob("sft_data_*_stats.json")).read_text())
+    assert stats["total_episodes"] == 10
+    assert 0 < stats["successful_episodes"] < 10, "quick-test must contain successes and failures"
+    assert f"{stats['success_rate']:.2f}" in result.stdout
+    summary = json.loads((data_dir / "sft_model" / "training_summary.json").read_text())
+    assert summary["train_samples"] == stats["kept_records"]
+    assert f"{summary['final_train_loss']:.4f}" in result.stdout
+    assert (data_dir / "sft_model" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
+    collected = run_cli("collect", "policy=expert", "env.name=sudoku", "training.sft_num_episodes=4",
+                        "training.run_name=r1", "training.sft_data_dir=data", cwd=tmp_path)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    trained = run_cli("train", "training.sft_data_dir=data", "training.sft_config.max_steps=2",
+                      "training.sft_config.output_dir=model", cwd=tmp_path)  # newest sft_data_*.jsonl
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
+    assert summary["data_files"] == ["data/sft_data_r1.jsonl"] or summary["data_files"][0].endswith("sft_data_r1.jsonl")
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pettingllms.tiny_model import tiny_model_path
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), tmp_path / "model")
+    assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_run_with_training_off_only_collects(tmp_path):
+    result = run_cli("run", "policy=expert", "training.sft_num_episodes=2", "training.run_sft_training=false",
+                     "training.sft_data_dir=data", "training.sft_config.output_dir=model", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "collected only" in result.stdout
+    assert list((tmp_path / "data").glob("sft_data_*.jsonl")) and not (tmp_path / "model").exists()
+
+
+def test_train_without_any_data_says_what_to_do(tmp_path):
+    result = run_cli("train", "training.sft_data_dir=empty", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "No training data" in result.stderr and "training.train_data_path" in result.stderr
+
+
+def test_collect_only_script_writes_data(tmp_path):
+    env = {"POLICY": "expert", "NUM_EPISODES": "2", "RUN_NAME": "scripted", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
+    result = subprocess.run(["bash", str(REPO / "scripts/sft_train/math_sft_collect_only.sh"),
+                             f"training.sft_data_dir={tmp_path}"], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((tmp_path / "sft_data_scripted_stats.json").read_text())
+    assert stats["env_name"] == "math_env" and stats["total_episodes"] == 2
