@@ -59,10 +59,14 @@ class PolicyConfig:
     base_url: str | None = _help("openai: server URL, e.g. http://127.0.0.1:8000/v1.")
     base_urls: list[str] = _help("openai: several server URLs; requests are spread across them.", factory=list)
     model: str | None = _help("openai: the model name the server knows.")
-    api_key_env: str = _help("openai: the environment variable holding the API key (never written to files).",
-                             "OPENAI_API_KEY")
+    api_key_env: str | None = _help("openai: the environment variable holding the API key (never written to "
+                                    "files); None sends no key, as local servers expect.")
     mode: str = _help("openai: 'chat' (server applies the template) or 'completions' (applied here).", "chat")
     max_concurrency: int = _help("openai: most requests in flight at once.", 32)
+    balance: str = _help("openai: how requests spread over base_urls: 'least_in_flight' or 'round_robin'.",
+                         "least_in_flight")
+    extra_body: dict[str, Any] = _help("openai: more fields for every request body (server-specific options).",
+                                       factory=dict)
     timeout_s: float = _help("openai: read timeout of one request, seconds.", 120.0)
     connect_timeout_s: float = _help("openai: connect timeout, seconds.", 10.0)
     max_retries: int = _help("openai: retries on 429/5xx/timeouts/connection errors, with backoff.", 4)
@@ -265,6 +269,12 @@ def _validate_policy(key: str, policy: PolicyConfig) -> None:
     _require(policy.mode in ("chat", "completions"), f"{key}.mode", policy.mode, "'chat' or 'completions'")
     _require(policy.max_tokens > 0, f"{key}.max_tokens", policy.max_tokens, "an integer > 0")
     _require(policy.temperature >= 0, f"{key}.temperature", policy.temperature, "a number >= 0")
+    _require(policy.max_concurrency > 0, f"{key}.max_concurrency", policy.max_concurrency, "an integer > 0")
+    _require(policy.max_retries >= 0, f"{key}.max_retries", policy.max_retries, "an integer >= 0")
+    _require(policy.timeout_s > 0 and policy.connect_timeout_s > 0, f"{key}.timeout_s/connect_timeout_s",
+             (policy.timeout_s, policy.connect_timeout_s), "numbers > 0")
+    _require(policy.balance in ("least_in_flight", "round_robin"), f"{key}.balance", policy.balance,
+             "'least_in_flight' or 'round_robin'")
 
 
 def _require(ok: bool, key: str, value: Any, accepted: str) -> None:

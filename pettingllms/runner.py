@@ -274,6 +274,7 @@ class Collector:
     def prepare(self) -> list[EpisodeSpec]:
         """Resume what is on disk and return the episodes still to run."""
         check_resume(self.files, self.config)
+        self.token_counter.load()
         done = read_ledger(self.files.rollouts)
         if done:
             print(f"Resuming run '{self.files.run_name}': {len(done)} episodes already collected.", file=sys.stderr)
@@ -402,12 +403,14 @@ class TokenCounter:
         self._failed = False
 
     def count(self, records: list[dict[str, Any]]) -> list[int]:
-        tokenizer = self._load()
+        tokenizer = self.load()
         if tokenizer is None:
             return []
-        return [len(tokenizer.apply_chat_template(record["messages"], tokenize=True)) for record in records]
+        return [len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
+                for record in records]
 
-    def _load(self):
+    def load(self):
+        """Load the tokenizer now (slow: imports transformers), before the event loop needs it."""
         if self._tokenizer is not None or self._failed:
             return self._tokenizer
         try:

@@ -35,7 +35,11 @@ def test_expert_collection_writes_three_files_that_agree(tmp_path):
     for agent, counts in stats["per_agent"].items():
         assert counts["kept"] == sum(r["metadata"]["agent_name"] == agent for r in records)
     assert stats["removed"]["not_successful"] == stats["total_records"] - stats["kept_records"]
-    assert stats["kept_record_tokens"]["max"] > 0
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stats["kept_record_tokens"]["tokenizer"])
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in records]
+    assert stats["kept_record_tokens"]["max"] == max(lengths) > 50
 
 
 def test_without_errors_every_episode_succeeds(tmp_path):
