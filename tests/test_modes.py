@@ -43,6 +43,7 @@ def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
     summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
     assert summary["data_files"] == ["data/sft_data_r1.jsonl"] or summary["data_files"][0].endswith("sft_data_r1.jsonl")
 
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -50,6 +51,16 @@ def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), tmp_path / "model")
     assert any("lora_" in name for name, _ in model.named_parameters())
+
+    merge = ("merge-lora", "--base_model_name", str(tiny_model_path()), "--lora_model_path", "model",
+             "--output_path", "merged")
+    merged = run_cli(*merge, cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    standalone = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    prompt = torch.tensor([[1, 20, 30]])
+    assert standalone.generate(prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[-1] == 6
+    again = run_cli(*merge, cwd=tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_run_with_training_off_only_collects(tmp_path):
