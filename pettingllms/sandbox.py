@@ -1,0 +1,891 @@
+"""Run model-written Python in a child process that cannot hurt the collector.
+
+`run_python(code, stdin=..., timeout_s=..., memory_mb=...)` writes `code` to `main.py` in a
+fresh temporary directory, runs it with this interpreter and returns a `SandboxResult`. It is
+called from many threads at once (`await asyncio.to_thread(run_python, ...)`) inside a
+long-running collector, so every run is independent and always returns: the program may hang,
+fork, flood its output or try to kill us, and the call still comes back soon after
+`timeout_s`. `SandboxError` is raised only when the sandbox itself cannot be set up.
+
+How a run is set up: a launcher (this file, run as a script) starts in a new session with an
+environment built from scratch, sets up the isolation below while it still has the rights to,
+then `execve`s `python -s -P main.py`. The launcher is a fresh single-threaded process, so
+none of this runs in a forked copy of the threaded collector, where `preexec_fn` can deadlock.
+The price is a second interpreter start, about 40 ms of CPU per run.
+
+What is protected when the collector runs as root (our CI and containers):
+
+- Other processes and users. The program runs under an unprivileged uid of its own (one of
+  `_UID_SLOTS` uids from `_UID_BASE`, claimed with an flock so that no two runs share one, even
+  across collectors). It cannot signal the collector or other runs, cannot read other
+  processes' `/proc/<pid>/environ`, and cannot write or delete root's files (normal permission
+  rules). `no_new_privs` is set, so setuid binaries give no privileges back.
+- Process count and lifetime. `RLIMIT_NPROC` holds for a non-root uid, so a fork bomb stops at
+  `max_processes`. When the run ends (exit, timeout, output flood) its process group is
+  killed, then every process of its uid, found in `/proc`, until none is left: programs that
+  `setsid()` or double-fork do not outlive the run. If the collector dies, PDEATHSIG kills the
+  program; what it left behind (processes, working directory) goes when its uid is next
+  claimed.
+- Network: with CAP_SYS_ADMIN the launcher enters a new network namespace with no interface
+  up, not even loopback. Without it the program has the host's network, and the result says
+  `network_isolated=False`.
+- Files: with CAP_SYS_ADMIN the launcher also enters private mount and IPC namespaces. The
+  working directory, `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` become small private tmpfs
+  mounts (the disk cannot fill up, and nothing persists or is shared between runs), `/proc`
+  hides other users' processes, System V IPC objects die with the run, and interpreter
+  directories under a directory only root may enter (pyenv in `/root`) are bound back
+  read-only while the rest of that directory stays hidden (`private_tmp=True`).
+- Resources: CPU seconds (timeout + 1), address space (`memory_mb`, so a memory bomb gets a
+  MemoryError), file size (`max_file_mb`), open files, no core dumps. stdout and stderr keep
+  at most `max_output_bytes` each; a program that writes far more is killed.
+- Secrets: the environment is built from scratch (PATH, LANG, HOME = TMPDIR = the working
+  directory, PYTHONHASHSEED=0, one BLAS thread). No variable of the collector reaches it.
+
+What is not protected: this is a process sandbox, not a virtual machine. The program shares
+the kernel, and it can read every world-readable file (the repository, the virtualenv).
+Without CAP_SYS_ADMIN it can write to world-writable directories such as `/tmp` (each file
+at most `max_file_mb`). If the interpreter sits where other users cannot enter and no mount
+namespace can expose it, the program runs as root (`separate_user=False`, logged once as a
+warning) with no process-count limit. When the collector is not root, the program runs as the
+same user: it gets a user+network namespace if the kernel allows one, `RLIMIT_NPROC` is the
+user's current task count plus `max_processes`, only the process group is killed at the end
+(a program that leaves its group survives), and it can signal the collector and read its
+files and `/proc` entries. Killed orphans are reaped by pid 1, so the collector should run
+under an init that reaps (docker `--init`); until reaped they block their uid slot.
+
+The child runs `python -s -P` (no user site-packages, script directory not on `sys.path`):
+isolated mode `-I` minus ignoring `PYTHON*` variables, because PYTHONHASHSEED=0 must take
+effect and the environment holds nothing we did not set. Site-packages stay importable, so
+programs may use numpy and friends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import json
+import logging
+import math
+import os
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+logger = logging.getLogger(__name__)
+
+WORKDIR_PREFIX = "pettingllms_sandbox_"
+SCRIPT_NAME = "main.py"
+_UID_BASE = 1_900_000_000  # far above real users, userns remapping ranges and systemd's
+_UID_SLOTS = 1024
+_LOCK_DIR_NAME = "pettingllms_uid_locks"  # must not start with WORKDIR_PREFIX
+_SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_SHARED_SCRATCH_MB = 8
+_CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
+_LAUNCH_FAILED = 125
+_POLL_S = 0.05  # how often to look at the program when nothing wakes us up
+_DRAIN_S = 0.5  # how long to keep reading once everything is killed
+_CHUNK = 64 * 1024
+
+# Linux constants (sched.h, mount.h, prctl.h): Python 3.11 has no os.unshare or os.mount.
+_CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not run the program at all; not the program's fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxResult:
+    """What happened to one program."""
+
+    returncode: int | None
+    """Exit status; minus the signal number if a signal ended it; None if we stopped it."""
+    stdout: str
+    """The first `max_output_bytes` of stdout, decoded as UTF-8 (bad bytes replaced)."""
+    stderr: str
+    """The first `max_output_bytes` of stderr."""
+    timed_out: bool
+    """It was still running at `timeout_s` and was killed."""
+    output_truncated: bool = False
+    """stdout or stderr was longer than `max_output_bytes` and was cut."""
+    stopped_for: str | None = None
+    """Why the sandbox killed it: "timeout", "output_limit", or None if it ended by itself."""
+    killed_by_signal: int | None = None
+    """The signal that ended it, ours (SIGKILL) or another (SIGXCPU, SIGSEGV...)."""
+    wall_time_s: float = 0.0
+    """From launch to cleanup, interpreter start-up included."""
+    network_isolated: bool = False
+    """It ran in a network namespace with no interface up."""
+    separate_user: bool = False
+    """It ran under an unprivileged uid of its own, not the collector's."""
+    private_tmp: bool = False
+    """It ran in private mount and IPC namespaces: tmpfs working dir and /tmp, hidden /proc."""
+    uid: int | None = None
+    """The uid it ran as; None if it was stopped before it started."""
+
+    @property
+    def ok(self) -> bool:
+        """It ran to the end and exited with status 0."""
+        return self.returncode == 0 and not self.timed_out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Limits:
+    """The limits of one run, as given to `run_python`."""
+
+    timeout_s: float
+    memory_mb: int
+    max_output_bytes: int
+    max_file_mb: int
+    max_processes: int
+    scratch_mb: int
+
+
+def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    max_output_bytes: int = 64 * 1024,
+    max_file_mb: int = 8,
+    max_processes: int = 64,
+    scratch_mb: int = 64,
+) -> SandboxResult:
+    """Run `code` as a Python program with `stdin` as its input (see the module docstring).
+
+    `timeout_s` is wall-clock time from launch, start-up included. `max_processes` counts
+    threads too, as RLIMIT_NPROC does. `scratch_mb` sizes the private working directory when
+    a mount namespace is available. Thread-safe; raises `SandboxError` only when the sandbox
+    itself cannot be set up.
+    """
+    limits = _Limits(timeout_s, memory_mb, max_output_bytes, max_file_mb, max_processes, scratch_mb)
+    _check_limits(limits)
+    with _claimed_uid() as uid, _temporary_workdir(uid) as workdir:
+        (workdir / SCRIPT_NAME).write_bytes(code.encode("utf-8", "surrogatepass"))
+        return _run_in(workdir, uid, stdin.encode("utf-8", "surrogatepass"), limits)
+
+
+def _check_limits(limits: _Limits) -> None:
+    """Reject limits that cannot work, naming the argument and what is accepted."""
+    if not limits.timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {limits.timeout_s!r}")
+    if limits.memory_mb < 32:
+        raise ValueError(f"memory_mb must be >= 32 (Python needs it to start), got {limits.memory_mb!r}")
+    for name in ("max_output_bytes", "max_file_mb", "max_processes", "scratch_mb"):
+        if getattr(limits, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(limits, name)!r}")
+
+
+# ------------------------------------------------------------ one run, seen from the collector
+
+
+def _run_in(workdir: Path, uid: int | None, stdin_data: bytes, limits: _Limits) -> SandboxResult:
+    """Launch the program in `workdir`, watch it to the end, and describe what happened."""
+    status_read, status_write = os.pipe()
+    started = time.monotonic()
+    try:
+        config = _launcher_config(workdir, uid, limits, status_write)
+        proc = _start_launcher(config, workdir, status_write)
+    except OSError as error:
+        os.close(status_read)
+        raise SandboxError(f"could not start the sandbox launcher: {error}") from error
+    finally:
+        os.close(status_write)
+    try:
+        outcome = _supervise(proc, uid, stdin_data, started + limits.timeout_s, limits)
+    except BaseException:
+        _stop_everything(proc, uid)  # e.g. KeyboardInterrupt: nothing may outlive the call
+        os.close(status_read)
+        raise
+    report = _read_status(status_read, proc, outcome)
+    return _describe(proc, report, outcome, time.monotonic() - started)
+
+
+def _launcher_config(workdir: Path, uid: int | None, limits: _Limits, status_fd: int) -> dict:
+    """Everything the launcher needs, as JSON-able values."""
+    return {
+        "python": sys.executable,
+        "workdir": str(workdir),
+        "env": _child_environment(workdir),
+        "uid": uid,
+        "status_fd": status_fd,
+        "parent_pid": os.getpid(),
+        "limits": dataclasses.asdict(limits),
+        "exposed": _interpreter_exposures() if uid is not None else {},
+    }
+
+
+def _child_environment(workdir: Path) -> dict[str, str]:
+    """A minimal environment made from scratch, so no secret of the collector leaks."""
+    return {
+        "PATH": _CHILD_PATH,
+        "LANG": "C.UTF-8",
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "PYTHONHASHSEED": "0",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",  # BLAS thread pools eat RLIMIT_NPROC and address space
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _start_launcher(config: dict, workdir: Path, status_write: int) -> subprocess.Popen:
+    """Start this file as a script in a new session, with nothing of our environment."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        env=config["env"],
+        start_new_session=True,
+        pass_fds=(status_write,),
+    )
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """How a run ended, seen from outside."""
+
+    stopped_for: str | None  # "timeout", "output_limit" or None
+    exited_by_itself: bool
+    io: _ProcessIO
+
+
+def _supervise(
+    proc: subprocess.Popen, uid: int | None, stdin_data: bytes, deadline: float, limits: _Limits
+) -> _Outcome:
+    """Feed and read the program until it ends or breaks a limit, then kill all that is left.
+
+    Killing what the program left in the background also closes the pipes those processes
+    inherited, so what is still in the pipes can be read to the end.
+    """
+    io = _ProcessIO(proc, stdin_data, limits.max_output_bytes)
+    try:
+        stopped_for = _pump_until_done(proc, io, deadline)
+        exited_by_itself = _has_exited(proc.pid)
+        _stop_everything(proc, uid)
+        io.drain(time.monotonic() + _DRAIN_S)
+    finally:
+        io.close()
+    return _Outcome(None if exited_by_itself else stopped_for, exited_by_itself, io)
+
+
+def _pump_until_done(proc: subprocess.Popen, io: _ProcessIO, deadline: float) -> str | None:
+    """Move bytes until the program exits; say why if we must stop it first."""
+    while not _has_exited(proc.pid):
+        now = time.monotonic()
+        if now >= deadline:
+            return "timeout"
+        if io.flooded:
+            return "output_limit"
+        io.pump(min(_POLL_S, deadline - now))
+    return None
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the launched process has ended, without reaping it.
+
+    While it is an unreaped zombie, its pid, which is also its process group id, cannot be
+    reused, so killing the group stays safe.
+    """
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _stop_everything(proc: subprocess.Popen, uid: int | None) -> None:
+    """Kill the program, its process group and every process of its uid, then reap it.
+
+    The group is killed only while the program is not reaped (see `_has_exited`). The uid
+    sweep comes before `wait`, which could otherwise wait on a program blocked on a pipe.
+    """
+    if proc.returncode is None:
+        _kill_group(proc.pid)
+    if uid is not None:
+        _kill_processes_of(uid)
+    proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a process group; nothing happens if it is already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _read_status(status_read: int, proc: subprocess.Popen, outcome: _Outcome) -> dict:
+    """What the launcher reported: the isolation it got, or why it failed."""
+    with os.fdopen(status_read, "rb") as stream:
+        lines = stream.read().decode("utf-8", "replace").splitlines()
+    report: dict = {}
+    for line in lines:
+        report.update(json.loads(line))
+    if "error" in report:
+        raise SandboxError(f"the sandbox launcher failed: {report['error']}")
+    if not report and outcome.stopped_for != "timeout":
+        stderr = outcome.io.text("stderr")[-2000:]
+        raise SandboxError(
+            f"the sandbox launcher exited with {proc.returncode} before the program started: {stderr}"
+        )
+    if report and os.geteuid() == 0 and not report["separate_user"]:
+        _warn_once("sandboxed programs run as root: the interpreter is out of other users' reach "
+                   "and no mount namespace can expose it (see pettingllms/sandbox.py)")
+    return report
+
+
+def _describe(
+    proc: subprocess.Popen, report: dict, outcome: _Outcome, wall_time_s: float
+) -> SandboxResult:
+    """Build the result; a program that exited by itself keeps its own status."""
+    stopped_for = outcome.stopped_for
+    return SandboxResult(
+        returncode=proc.returncode if stopped_for is None else None,
+        stdout=outcome.io.text("stdout"),
+        stderr=outcome.io.text("stderr"),
+        timed_out=stopped_for == "timeout",
+        output_truncated=outcome.io.truncated,
+        stopped_for=stopped_for,
+        killed_by_signal=-proc.returncode if proc.returncode < 0 else None,
+        wall_time_s=wall_time_s,
+        network_isolated=report.get("network_isolated", False),
+        separate_user=report.get("separate_user", False),
+        private_tmp=report.get("private_tmp", False),
+        uid=report.get("uid"),
+    )
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(message: str) -> None:
+    """Log a warning the first time only: a collector runs thousands of programs."""
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    logger.warning(message)
+
+
+# ------------------------------------------------------------ moving bytes without blocking
+
+
+@dataclasses.dataclass
+class _Capture:
+    """The first `limit` bytes of one output stream, and how many arrived in all."""
+
+    limit: int
+    kept: bytearray = dataclasses.field(default_factory=bytearray)
+    total: int = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        self.total += len(chunk)
+
+
+class _ProcessIO:
+    """Writes the program's stdin and reads its stdout and stderr, never blocking on either.
+
+    One selector per run, driven by the calling thread, so concurrent runs share nothing.
+    Output beyond the cap is read and dropped (the program must not block on a full pipe);
+    `flooded` says when there is so much that the program should be killed.
+    """
+
+    def __init__(self, proc: subprocess.Popen, stdin_data: bytes, max_output_bytes: int):
+        self._proc = proc
+        self._selector = selectors.DefaultSelector()
+        self._pending = memoryview(stdin_data)
+        self._flood_bytes = max(16 * max_output_bytes, 1 << 20)
+        self.captures = {"stdout": _Capture(max_output_bytes), "stderr": _Capture(max_output_bytes)}
+        for name, capture in self.captures.items():
+            self._watch(getattr(proc, name), selectors.EVENT_READ, capture)
+        if stdin_data:
+            self._watch(proc.stdin, selectors.EVENT_WRITE, "stdin")
+        else:
+            proc.stdin.close()
+        self._watch_exit(proc.pid)
+
+    def _watch(self, stream, events: int, data: object) -> None:
+        os.set_blocking(stream.fileno(), False)
+        self._selector.register(stream, events, data)
+
+    def _watch_exit(self, pid: int) -> None:
+        """Wake up as soon as the program exits (a pidfd), not at the next poll."""
+        with contextlib.suppress(AttributeError, OSError):  # old kernel: _POLL_S notices
+            self._selector.register(os.pidfd_open(pid), selectors.EVENT_READ, "exit")
+
+    @property
+    def outputs_open(self) -> bool:
+        return any(isinstance(key.data, _Capture) for key in self._selector.get_map().values())
+
+    @property
+    def flooded(self) -> bool:
+        return any(capture.total > self._flood_bytes for capture in self.captures.values())
+
+    @property
+    def truncated(self) -> bool:
+        return any(capture.total > len(capture.kept) for capture in self.captures.values())
+
+    def text(self, name: str) -> str:
+        return self.captures[name].kept.decode("utf-8", "replace")
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to `timeout` for one round of events and handle them."""
+        for key, _ in self._selector.select(max(timeout, 0)):
+            if isinstance(key.data, _Capture):
+                self._read(key)
+            elif key.data == "stdin":
+                self._write(key)
+            else:
+                self._forget(key)  # the exit pidfd stays readable: one wake-up is enough
+
+    def drain(self, deadline: float) -> None:
+        """Read what is left in the pipes once the program is gone."""
+        while self.outputs_open and not self.flooded and time.monotonic() < deadline:
+            self.pump(deadline - time.monotonic())
+
+    def _read(self, key: selectors.SelectorKey) -> None:
+        try:
+            chunk = os.read(key.fd, _CHUNK)
+        except BlockingIOError:
+            return
+        if chunk:
+            key.data.add(chunk)
+        else:
+            self._forget(key)
+
+    def _write(self, key: selectors.SelectorKey) -> None:
+        try:
+            written = os.write(key.fd, self._pending[:_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # it closed stdin or exited: the rest is not wanted
+            written = len(self._pending)
+        self._pending = self._pending[written:]
+        if not self._pending:
+            self._forget(key)
+
+    def _forget(self, key: selectors.SelectorKey) -> None:
+        self._selector.unregister(key.fileobj)
+        if isinstance(key.fileobj, int):
+            os.close(key.fileobj)
+        else:
+            key.fileobj.close()
+
+    def close(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            self._forget(key)
+        self._selector.close()
+        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            stream.close()
+
+
+# ------------------------------------------------------------ uids, working dirs, /proc
+
+
+@contextlib.contextmanager
+def _claimed_uid() -> Iterator[int | None]:
+    """Claim an unprivileged uid for one run; None when we are not root and cannot switch.
+
+    The claim is an flock on a file per uid, so it holds across threads and across
+    collectors on one machine, and it is released if the collector dies.
+    """
+    if os.geteuid() != 0:
+        yield None
+        return
+    lock_dir = _uid_lock_dir()
+    for uid in range(_UID_BASE, _UID_BASE + _UID_SLOTS):
+        handle = _try_lock(lock_dir / f"{uid - _UID_BASE}.lock")
+        if handle is None:
+            continue
+        if _pids_of(uid, with_zombies=True):  # left by a collector that died, or unreaped
+            _kill_processes_of(uid)  # zombies count against RLIMIT_NPROC: take another uid
+            os.close(handle)
+            continue
+        _remove_stale_workdirs(uid)
+        try:
+            yield uid
+        finally:
+            os.close(handle)
+        return
+    raise SandboxError(f"all {_UID_SLOTS} sandbox uids are in use; run fewer programs at once")
+
+
+def _remove_stale_workdirs(uid: int) -> None:
+    """Remove working directories of `uid` left by a collector that was killed mid-run.
+
+    A directory belongs to a uid only while that uid is claimed, and we hold the claim now.
+    """
+    for entry in os.scandir(tempfile.gettempdir()):
+        if entry.name.startswith(WORKDIR_PREFIX) and entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    _remove_workdir(Path(entry.path))
+
+
+def _uid_lock_dir() -> Path:
+    """A directory only root can write, for the uid lock files."""
+    for base in ("/run", tempfile.gettempdir()):
+        path = Path(base) / _LOCK_DIR_NAME
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022:
+            return path
+    raise SandboxError(f"no safe place for {_LOCK_DIR_NAME}: /run and the temp dir are unusable")
+
+
+def _try_lock(path: Path) -> int | None:
+    """Open and exclusively flock `path`; None if another run holds it."""
+    handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        return None
+    return handle
+
+
+@contextlib.contextmanager
+def _temporary_workdir(uid: int | None) -> Iterator[Path]:
+    """A fresh directory owned by the run's uid, removed afterwards whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    try:
+        if uid is not None:
+            os.chown(path, uid, uid)
+        yield path
+    finally:
+        _remove_workdir(path)
+
+
+def _remove_workdir(path: Path) -> None:
+    """Remove a working directory, even one whose program took away our write rights.
+
+    That can only happen when we are not root (root ignores permissions), so only then are
+    the rights given back, never through symlinks the program may have planted.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists() and os.geteuid() != 0:
+        _open_up(path)
+        shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        logger.warning("could not remove sandbox directory %s", path)
+
+
+def _open_up(path: Path) -> None:
+    """chmod 700 `path` and every real directory below it, each before walking into it."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for directory, subdirectories, _ in os.walk(path):
+        for name in subdirectories:
+            child = os.path.join(directory, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+
+
+def _kill_processes_of(uid: int) -> None:
+    """SIGKILL every process running as `uid`, again until none is left.
+
+    This finds what left the process group (setsid, double fork). Each process is pinned by
+    a pidfd before its uid is checked again, so a reused pid is never hit.
+    """
+    for _ in range(100):
+        pids = _pids_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            _kill_if_owned_by(pid, uid)
+        time.sleep(0.002)  # let SIGKILL land before looking again
+    logger.warning("processes of sandbox uid %d kept appearing", uid)
+
+
+def _pids_of(uid: int, *, with_zombies: bool = False) -> list[int]:
+    """Processes whose real uid is `uid`; zombies (dead, not yet reaped) on request."""
+    return [
+        pid
+        for pid, (owner, state, _) in _process_table().items()
+        if owner == uid and (with_zombies or state not in "ZX")
+    ]
+
+
+def _kill_if_owned_by(pid: int, uid: int) -> None:
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # kernel before 5.3 has no pidfds; reuse within microseconds is unlikely
+        with contextlib.suppress(OSError, TypeError):
+            if _process_status(pid)[0] == uid:
+                os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        if _process_status(pid)[0] == uid:
+            signal.pidfd_send_signal(handle, signal.SIGKILL)
+    except (OSError, TypeError):
+        pass  # it ended meanwhile
+    finally:
+        os.close(handle)
+
+
+def _process_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (real uid, state letter, threads) of every process, from /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            status = _process_status(int(entry.name))
+            if status is not None:
+                table[int(entry.name)] = status
+    return table
+
+
+def _process_status(pid: int) -> tuple[int, str, int] | None:
+    """(real uid, state letter, threads) of one process, or None if it is gone.
+
+    Raw reads: this runs for every process on the machine, twice per run.
+    """
+    try:
+        handle = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            data = os.read(handle, 8192)
+        finally:
+            os.close(handle)
+        fields = dict(line.split(b":", 1) for line in data.splitlines() if b":" in line)
+        uid, state = int(fields[b"Uid"].split()[0]), fields[b"State"].split()[0].decode()
+        return uid, state, int(fields[b"Threads"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def _interpreter_exposures() -> dict[str, list[str]]:
+    """Interpreter directories that other users cannot reach, grouped by the outermost
+    directory that shuts them out, e.g. {"/root": ["/root/.pyenv/versions/3.11.7"]}."""
+    places = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
+    needed = {os.path.realpath(path) for path in places}
+    needed.add(os.path.dirname(os.path.realpath(sys.executable)))
+    outermost = [path for path in needed if not any(path.startswith(top + os.sep) for top in needed)]
+    exposures: dict[str, list[str]] = {}
+    for path in sorted(outermost):
+        closed = _first_closed_directory(path)
+        if closed is not None and closed != path:
+            exposures.setdefault(closed, []).append(path)
+    return exposures
+
+
+def _first_closed_directory(path: str) -> str | None:
+    """The first directory on the way to `path` that others may not enter (no o+x)."""
+    current = "/"
+    for part in Path(path).parts[1:]:
+        current = os.path.join(current, part)
+        try:
+            if not os.stat(current).st_mode & stat.S_IXOTH:
+                return current
+        except OSError:
+            return None
+    return None
+
+
+# ------------------------------------------------------------ the launcher (runs as a script)
+
+
+def _launch(config: dict) -> NoReturn:
+    """Isolate this fresh process as far as we may, then become the program."""
+    status_fd = config["status_fd"]
+    os.set_inheritable(status_fd, False)  # closed by exec: the program never sees it
+    try:
+        report = _isolate_as_root(config) if os.geteuid() == 0 else _isolate_as_user()
+        _bind_to_parent(config["parent_pid"])
+        _apply_limits(config["limits"], shares_uid=not report["separate_user"])
+        os.write(status_fd, (json.dumps(report) + "\n").encode())
+        python = config["python"]
+        os.execve(python, [python, "-s", "-P", SCRIPT_NAME], config["env"])
+    except BaseException as error:  # anything here is reported to the collector
+        message = json.dumps({"error": f"{type(error).__name__}: {error}"})
+        os.write(status_fd, (message + "\n").encode())
+        os._exit(_LAUNCH_FAILED)
+
+
+def _isolate_as_root(config: dict) -> dict:
+    """New network, mount and IPC namespaces if we can, then switch to the run's uid."""
+    network_isolated = _unshare(_CLONE_NEWNET)
+    private_tmp = _unshare(_CLONE_NEWNS | _CLONE_NEWIPC)
+    if private_tmp:
+        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # our mounts stay ours
+        _expose_interpreter(config["exposed"])
+        _mount_private_scratch(config["workdir"], config["uid"], config["limits"]["scratch_mb"])
+        _hide_other_processes()
+    separate_user = private_tmp or not config["exposed"]
+    if separate_user:
+        _become(config["uid"])
+    return {
+        "network_isolated": network_isolated,
+        "private_tmp": private_tmp,
+        "separate_user": separate_user,
+        "uid": os.getuid(),
+    }
+
+
+def _isolate_as_user() -> dict:
+    """Not root: a user namespace is what lets us have an empty network namespace."""
+    uid = os.getuid()
+    network_isolated = _unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWIPC)
+    return {
+        "network_isolated": network_isolated,
+        "private_tmp": False,
+        "separate_user": False,
+        "uid": uid,
+    }
+
+
+def _become(uid: int) -> None:
+    """Drop root for good: no groups, and real, effective and saved ids all `uid`."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise RuntimeError(f"dropping privileges to uid {uid} did not work")
+
+
+def _expose_interpreter(exposed: dict[str, list[str]]) -> None:
+    """Cover each closed directory (e.g. /root) with an empty tmpfs and bind back, read-only,
+    only the interpreter directories under it; the rest stays out of sight."""
+    for closed, needed in exposed.items():
+        handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in needed]
+        _mount("tmpfs", closed, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m")
+        for path, handle in zip(needed, handles):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND | _MS_REC)
+            _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+            os.close(handle)
+
+
+def _mount_private_scratch(workdir: str, uid: int, scratch_mb: int) -> None:
+    """Small private tmpfs mounts over the working dir and the world-writable directories:
+    the disk cannot fill up, and nothing is shared with other runs or left behind."""
+    code = Path(workdir, SCRIPT_NAME).read_bytes()
+    for path in _SHARED_WRITABLE_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            options = f"mode=1777,size={_SHARED_SCRATCH_MB}m"
+            _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    os.makedirs(workdir, mode=0o755, exist_ok=True)  # it was under /tmp, now covered
+    options = f"mode=0700,uid={uid},gid={uid},size={scratch_mb}m"
+    _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    Path(workdir, SCRIPT_NAME).write_bytes(code)
+    os.chdir(workdir)  # our old working directory is now hidden underneath
+
+
+def _hide_other_processes() -> None:
+    """A /proc that shows the program only its own processes (hidepid=2); best effort."""
+    with contextlib.suppress(OSError):
+        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "hidepid=2")
+
+
+def _bind_to_parent(parent_pid: int) -> None:
+    """No new privileges (setuid binaries), and die with the collector rather than outlive it.
+
+    PDEATHSIG fires when the thread that started us ends; that thread waits in run_python
+    until we are gone, so it cannot end first.
+    """
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    if os.getppid() != parent_pid:
+        os._exit(_LAUNCH_FAILED)  # the collector died before PDEATHSIG was armed
+
+
+def _apply_limits(limits: dict, *, shares_uid: bool) -> None:
+    """Resource limits, set last: lowering a limit needs no privilege."""
+    import resource
+
+    cpu_s = math.ceil(limits["timeout_s"]) + 1
+    processes = limits["max_processes"]
+    if shares_uid:  # RLIMIT_NPROC counts every task of the uid, the collector's too
+        processes += _tasks_of(os.getuid())
+    _lower_limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
+    _lower_limit(resource.RLIMIT_AS, limits["memory_mb"] << 20)
+    _lower_limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
+    _lower_limit(resource.RLIMIT_NPROC, processes)
+    _lower_limit(resource.RLIMIT_NOFILE, 256)
+    _lower_limit(resource.RLIMIT_CORE, 0)
+
+
+def _tasks_of(uid: int) -> int:
+    """How many tasks (threads) `uid` runs now."""
+    return sum(threads for owner, _, threads in _process_table().values() if owner == uid)
+
+
+def _lower_limit(which: int, soft: int, hard: int | None = None) -> None:
+    """Set a limit, never above the hard limit we already have (raising it needs privilege)."""
+    import resource
+
+    _, current_hard = resource.getrlimit(which)
+    hard = soft if hard is None else hard
+    if current_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current_hard), min(hard, current_hard)
+    resource.setrlimit(which, (soft, hard))
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    text, number = ctypes.c_char_p, ctypes.c_ulong
+    libc.mount.argtypes = [text, text, text, number, text]
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.prctl.argtypes = [ctypes.c_int, number, number, number, number]
+    return libc
+
+
+def _check(result: int, action: str) -> None:
+    if result != 0:
+        import ctypes
+
+        number = ctypes.get_errno()
+        raise OSError(number, f"{action}: {os.strerror(number)}")
+
+
+def _unshare(flags: int) -> bool:
+    """Enter new namespaces; False if the kernel or our capabilities do not allow it."""
+    return _libc().unshare(flags) == 0
+
+
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    def encode(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+
+    result = _libc().mount(encode(source), encode(target), encode(fstype), flags, encode(data))
+    _check(result, f"mount {target}")
+
+
+if __name__ == "__main__":
+    _launch(json.loads(sys.argv[1]))
