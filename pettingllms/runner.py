@@ -178,6 +178,10 @@ async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict
                 break
     except PolicyError as error:
         episode["error"] = {"kind": error.kind, "message": str(error)}
+    except Exception as error:  # a bug in an env must cost one episode, not the whole run
+        episode["error"] = {"kind": "env_error", "message": f"{type(error).__name__}: {error}"}
+        print(f"warning: episode {spec.episode_id} failed inside the environment: {type(error).__name__}: "
+              f"{error}", file=sys.stderr)
     episode["wall_time_s"] = round(time.perf_counter() - started, 4)
     return episode
 
@@ -429,7 +433,7 @@ def training_model_path(config: Config) -> str:
     """The model the data will train: the configured one, else the collecting model, else the tiny one."""
     if config.training.sft_config.model_name_or_path:
         return config.training.sft_config.model_name_or_path
-    if config.policy.backend == "hf" and config.policy.model_path:
+    if config.policy.backend in ("hf", "openai") and config.policy.model_path:
         return config.policy.model_path
     from pettingllms.tiny_model import tiny_model_path
 
