@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def _collect(config):
                         ("rollouts", result.files.rollouts)):
         print(f"  {label:9s}{path}")
     if result.interrupted:
+        # The run is over and its files are whole; more Ctrl-C presses must not turn the exit into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"Interrupted. Finished episodes are saved; resume with the same command plus "
               f"training.run_name={result.files.run_name}", file=sys.stderr)
     return result

@@ -19,11 +19,13 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pettingllms import envs
 from pettingllms.config import Config, policies_by_name, to_dict
@@ -199,6 +201,8 @@ def default_run_name(directory: Path) -> str:
 GUARDED_KEYS = ("env", "training.seed", "training.num_samples_per_task", "training.only_success",
                 "training.collect_mode", "training.dedup", "training.max_records_per_task", "agents")
 """Settings a resumed run must share with the files it continues."""
+POLICY_IDENTITY = ("backend", "model_path", "model", "error_rate", "mode")
+"""The policy settings that change what is written; URLs, timeouts and concurrency may change."""
 
 
 def run_identity(config: Config) -> dict[str, Any]:
@@ -212,6 +216,10 @@ def run_identity(config: Config) -> dict[str, Any]:
         identity[key] = value
     identity["env"]["name"] = envs.resolve_name(config.env.name)
     identity["agents"] = {agent: settings["trainable"] for agent, settings in identity["agents"].items()}
+    # Who writes the replies: a resumed run must not mix in another model or expert setting.
+    identity["policies"] = {name: {key: policy[key] for key in POLICY_IDENTITY}
+                            for name, policy in [(plain["policy"]["name"], plain["policy"]),
+                                                 *plain["policies"].items()]}
     return identity
 
 
@@ -219,10 +227,14 @@ def check_resume(files: RunFiles, config: Config) -> None:
     """Refuse to continue a run whose files were made with other guarded settings."""
     if not files.config.exists():
         return
-    saved = json.loads(files.config.read_text())["identity"]
+    try:
+        saved = json.loads(files.config.read_text())["identity"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{files.config} is damaged, so run '{files.run_name}' cannot be checked for resuming; "
+                        "use another training.run_name.") from None
     current = json.loads(json.dumps(run_identity(config)))
     differences = [f"{key}: files have {saved.get(key)!r}, now {current[key]!r}"
-                   for key in GUARDED_KEYS if saved.get(key) != current[key]]
+                   for key in current if saved.get(key) != current[key]]
     if differences:
         raise ResumeMismatchError(f"Cannot resume run '{files.run_name}' with different settings ("
                                   + "; ".join(differences) + "). Use another training.run_name.")
@@ -241,13 +253,9 @@ def read_ledger(path: Path, repair: bool = True) -> list[Episode]:
     *complete, tail = data.split(b"\n")
     episodes = {}
     for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            episode = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path}:{number} is not valid JSON; the file was damaged.") from None
-        episodes[episode["episode_id"]] = episode
+        if line.strip():
+            episode = _parse_ledger_line(line, f"{path}:{number}")
+            episodes[episode["episode_id"]] = episode
     if tail:
         print(f"warning: {path}:{len(complete) + 1} is a torn line (the run was killed mid-write); "
               "dropping it, its episode runs again.", file=sys.stderr)
@@ -255,6 +263,16 @@ def read_ledger(path: Path, repair: bool = True) -> list[Episode]:
         with open(path, "r+b") as handle:
             handle.truncate(len(data) - len(tail))
     return list(episodes.values())
+
+
+def _parse_ledger_line(line: bytes, where: str) -> Episode:
+    try:
+        episode = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, huge integers, absurd nesting
+        raise DataError(f"{where} is not valid JSON; the file was damaged.") from None
+    if not isinstance(episode, dict) or not isinstance(episode.get("episode_id"), str):
+        raise DataError(f"{where} is not an episode (no episode_id); is this a rollouts file?")
+    return episode
 
 
 class Collector:
@@ -284,7 +302,10 @@ class Collector:
             print(f"Resuming run '{self.files.run_name}': {len(done)} episodes already collected.", file=sys.stderr)
         plan = plan_episodes(self.config)
         planned_ids = {spec.episode_id for spec in plan}
-        done = [episode for episode in done if episode["episode_id"] in planned_ids]
+        if len(done) > len(plan) or any(episode["episode_id"] not in planned_ids for episode in done):
+            raise ConfigError(f"Run '{self.files.run_name}' already has {len(done)} episodes, more than (or other "
+                              f"than) training.sft_num_episodes={len(plan)} plans; ask for at least {len(done)} "
+                              "or use another training.run_name.")
         self._rebuild_records(done)
         self._save_config()
         finished = {episode["episode_id"] for episode in done}
@@ -459,28 +480,60 @@ def collect(config: Config) -> CollectResult:
     """
     collector = Collector(config)
     todo = collector.prepare()
-    interrupted = asyncio.run(_run_until_signal(collector, todo))
-    stats = collector.write_stats()
+    stats: dict[str, Any] = {}
+    interrupted = run_until_signal(collector.run(todo), threads=config.training.rollout_concurrency + 4,
+                                   finish=lambda: stats.update(collector.write_stats()))
     return CollectResult(collector.files, stats, interrupted)
 
 
-async def _run_until_signal(collector: Collector, todo: list[EpisodeSpec]) -> bool:
-    loop = asyncio.get_running_loop()
-    from concurrent.futures import ThreadPoolExecutor
+def run_until_signal(coroutine, threads: int, finish: Callable[[], None]) -> bool:
+    """Run `coroutine` to its end, then `finish()`; return True if SIGINT/SIGTERM cancelled it.
 
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=collector.config.training.rollout_concurrency + 4))
-    task = asyncio.current_task()
-    stop_signals = (signal.SIGINT, signal.SIGTERM)
-    for number in stop_signals:
-        loop.add_signal_handler(number, task.cancel)
+    The first signal cancels it; later ones are ignored until `finish` is done, while the
+    episodes' threads (model code in the sandbox, a generate call) wind down, so a second
+    Ctrl-C cannot tear the stop itself. Our own loop rather than `asyncio.run`, whose
+    handler would turn that second Ctrl-C into a KeyboardInterrupt.
+    """
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=threads))
+    task = loop.create_task(coroutine)
+    stopping = []
+
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            print("\nStopping: abandoning the episodes in flight...", file=sys.stderr)
+            loop.call_soon_threadsafe(task.cancel)
+
+    previous = _install_handlers(stop)
     try:
-        await collector.run(todo)
-        return False
+        loop.run_until_complete(task)
     except asyncio.CancelledError:
-        return True
+        pass
     finally:
-        for number in stop_signals:
-            loop.remove_signal_handler(number)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+        try:
+            finish()
+        finally:
+            _restore_handlers(previous)
+    return bool(stopping)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_handlers(handler) -> dict[int, Any]:
+    """Point SIGINT and SIGTERM at `handler`; return the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may handle signals; a caller elsewhere keeps its own
+    return {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for number, handler in previous.items():
+        signal.signal(number, handler)
 
 
 __all__ = ["CollectResult", "RunFiles", "collect", "plan_episodes", "make_env", "read_ledger", "UserError"]

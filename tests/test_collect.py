@@ -86,3 +86,48 @@ def test_non_trainable_agent_and_role_specialized_policies(tmp_path):
     assert records and {r["metadata"]["agent_name"] for r in records} == {"tool"}
     assert {r["metadata"]["policy_name"] for r in records} == {"teacher"}
     assert result.stats["removed"]["not_trainable"] == 6
+
+
+def test_an_exception_inside_an_env_costs_one_episode_not_the_run(capsys):
+    """A deliberately broken env (a test double: no registered env raises on purpose)."""
+    import asyncio
+
+    from pettingllms.envs import TurnBasedTextEnv, TurnResult
+    from pettingllms.policies.expert import ExpertPolicy
+    from pettingllms.policies.base import SamplingParams
+    from pettingllms.runner import AgentSlot, EpisodeSpec, run_episode
+
+    class BrokenEnv(TurnBasedTextEnv):
+        possible_agents = ("solver",)
+
+        def _reset_task(self, options):
+            self.task_id = "broken-0"
+
+        def _prompt(self, agent):
+            return [{"role": "user", "content": "2+2?"}]
+
+        def _apply_reply(self, agent, text):
+            raise KeyError("bug in the env")
+
+        def _expert_reply(self, agent, wrong):
+            return "4"
+
+    slots = {"solver": AgentSlot(ExpertPolicy(), SamplingParams(), True)}
+    episode = asyncio.run(run_episode(BrokenEnv(), EpisodeSpec(0, 0, 0, 0, "broken-0-0"), slots, "broken"))
+    assert episode["error"] == {"kind": "env_error", "message": "KeyError: 'bug in the env'"}
+    assert episode["success"] is False and episode["turns"] == []
+    assert "broken-0-0 failed inside the environment" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_policy_or_fewer_episodes(tmp_path):
+    from pettingllms.exceptions import ConfigError, ResumeMismatchError
+
+    run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=4", name="guarded")
+    with pytest.raises(ResumeMismatchError, match=r"policies: files have .*'error_rate': 0.0.*now .*'error_rate': 0.5"):
+        run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=6",
+                    "policy.error_rate=0.5", name="guarded")
+    with pytest.raises(ConfigError, match=r"already has 4 episodes.*sft_num_episodes=2.*at least 4"):
+        run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=2", name="guarded")
+    resumed = run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=6",
+                          "training.rollout_concurrency=2", name="guarded")
+    assert resumed.stats["total_episodes"] == 6

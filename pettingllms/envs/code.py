@@ -210,7 +210,7 @@ class CodeEnv(TurnBasedTextEnv):
             return None, "no ```python block of asserts in the reply"
         try:
             tree = ast.parse(code)
-        except (SyntaxError, ValueError) as error:
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as error:  # nesting too deep for the parser
             return None, f"the tests are not valid Python ({type(error).__name__}: {error})"
         if not any(isinstance(node, ast.Assert) for node in ast.walk(tree)):
             return None, "the tests hold no assert statement"

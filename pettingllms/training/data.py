@@ -77,14 +77,18 @@ def read_records(paths: list[str]) -> list[dict[str, Any]]:
 
 def _read_jsonl_rows(path: Path) -> list[tuple[Any, str]]:
     rows = []
-    with path.open(encoding="utf-8") as file:
+    with path.open("rb") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append((json.loads(line), f"{path}:{number}"))
+                rows.append((json.loads(line.decode("utf-8")), f"{path}:{number}"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: not UTF-8 text.") from None
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+            except (ValueError, RecursionError) as error:  # huge integers, absurd nesting
+                raise DataError(f"{path}:{number}: unreadable JSON ({type(error).__name__}).") from None
     return rows
 
 
@@ -108,7 +112,7 @@ def normalize_record(row: Any, where: str) -> dict[str, Any]:
     if isinstance(row, dict) and row.get("messages") is not None:
         messages = row["messages"]
     elif isinstance(row, dict) and row.get("prompt") is not None and _reply_of(row) is not None:
-        messages = _as_messages(row["prompt"], "user") + _as_messages(_reply_of(row), "assistant")
+        messages = _as_messages(row["prompt"], "user", where) + _as_messages(_reply_of(row), "assistant", where)
     else:
         keys = sorted(row) if isinstance(row, dict) else type(row).__name__
         raise DataError(f"{where}: not a training record (found {keys}); expected {ACCEPTED_FORMATS}.")
@@ -124,9 +128,13 @@ def _reply_of(row: dict[str, Any]) -> Any:
     return row["response"] if row.get("response") is not None else row.get("completion")
 
 
-def _as_messages(value: Any, role: str) -> list[dict[str, Any]]:
+def _as_messages(value: Any, role: str, where: str) -> list[dict[str, Any]]:
     # A plain string becomes one chat message, so the model's chat template frames it.
-    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return value
+    raise DataError(f"{where}: the {role} text must be a string or a list of messages, not {type(value).__name__}.")
 
 
 def _check_messages(messages: Any, where: str) -> None:
