@@ -228,6 +228,7 @@ def _launcher_config(workdir: Path, uid: int | None, limits: _Limits, status_fd:
         "parent_pid": os.getpid(),
         "limits": dataclasses.asdict(limits),
         "exposed": _interpreter_exposures() if uid is not None else {},
+        "interpreter_dirs": _interpreter_dirs(),
     }
 
 
@@ -681,15 +682,21 @@ def _process_status(pid: int) -> tuple[int, str, int] | None:
 
 
 @functools.cache
+def _interpreter_dirs() -> list[str]:
+    """The outermost directories the program's interpreter needs (the venv and its base)."""
+    places = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
+    needed = {os.path.realpath(path) for path in places} | {os.path.abspath(path) for path in places}
+    needed.add(os.path.dirname(os.path.realpath(sys.executable)))
+    needed.add(os.path.dirname(os.path.abspath(sys.executable)))
+    return sorted(path for path in needed if not any(path.startswith(top + os.sep) for top in needed))
+
+
+@functools.cache
 def _interpreter_exposures() -> dict[str, list[str]]:
     """Interpreter directories that other users cannot reach, grouped by the outermost
     directory that shuts them out, e.g. {"/root": ["/root/.pyenv/versions/3.11.7"]}."""
-    places = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
-    needed = {os.path.realpath(path) for path in places}
-    needed.add(os.path.dirname(os.path.realpath(sys.executable)))
-    outermost = [path for path in needed if not any(path.startswith(top + os.sep) for top in needed)]
     exposures: dict[str, list[str]] = {}
-    for path in sorted(outermost):
+    for path in _interpreter_dirs():
         closed = _first_closed_directory(path)
         if closed is not None and closed != path:
             exposures.setdefault(closed, []).append(path)
@@ -736,7 +743,8 @@ def _isolate_as_root(config: dict) -> dict:
     if private_tmp:
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # our mounts stay ours
         _expose_interpreter(config["exposed"])
-        _mount_private_scratch(config["workdir"], config["uid"], config["limits"]["scratch_mb"])
+        _mount_private_scratch(config["workdir"], config["uid"], config["limits"]["scratch_mb"],
+                               config["interpreter_dirs"])
         _hide_other_processes()
     separate_user = private_tmp or not config["exposed"]
     if separate_user:
@@ -777,23 +785,29 @@ def _expose_interpreter(exposed: dict[str, list[str]]) -> None:
     """Cover each closed directory (e.g. /root) with an empty tmpfs and bind back, read-only,
     only the interpreter directories under it; the rest stays out of sight."""
     for closed, needed in exposed.items():
-        handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in needed]
-        _mount("tmpfs", closed, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m")
-        for path, handle in zip(needed, handles):
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND | _MS_REC)
-            _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-            os.close(handle)
+        _cover_keeping(closed, needed, "mode=0755,size=1m")
 
 
-def _mount_private_scratch(workdir: str, uid: int, scratch_mb: int) -> None:
+def _cover_keeping(directory: str, keep: list[str], options: str) -> None:
+    """Mount a fresh tmpfs over `directory`, then bind the `keep` paths under it back, read-only."""
+    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep]
+    _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    for path, handle in zip(keep, handles):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND | _MS_REC)
+        _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        os.close(handle)
+
+
+def _mount_private_scratch(workdir: str, uid: int, scratch_mb: int, interpreter_dirs: list[str]) -> None:
     """Small private tmpfs mounts over the working dir and the world-writable directories:
-    the disk cannot fill up, and nothing is shared with other runs or left behind."""
+    the disk cannot fill up, and nothing is shared with other runs or left behind. An
+    interpreter that lives under one of them (a venv in /tmp) is bound back, read-only."""
     code = Path(workdir, SCRIPT_NAME).read_bytes()
     for path in _SHARED_WRITABLE_DIRS:
         if os.path.isdir(path) and not os.path.islink(path):
-            options = f"mode=1777,size={_SHARED_SCRATCH_MB}m"
-            _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+            keep = [d for d in interpreter_dirs if d.startswith(path + os.sep)]
+            _cover_keeping(path, keep, f"mode=1777,size={_SHARED_SCRATCH_MB}m")
     os.makedirs(workdir, mode=0o755, exist_ok=True)  # it was under /tmp, now covered
     options = f"mode=0700,uid={uid},gid={uid},size={scratch_mb}m"
     _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, options)

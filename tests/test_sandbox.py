@@ -429,3 +429,22 @@ def test_reports_what_isolation_it_got(isolation):
         reachable = isolation.private_tmp or not sandbox._interpreter_exposures()
         assert isolation.separate_user == reachable
         assert (isolation.uid != 0) == reachable
+
+
+def test_a_collector_whose_venv_lives_under_tmp_can_still_run_programs(tmp_path):
+    """Regression: the private /tmp mount hid a venv made in /tmp (a fresh clone there), so
+    every program failed with 'No such file or directory: .../.venv/bin/python'."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    repo = Path(__file__).resolve().parent.parent
+    import site
+
+    path = os.pathsep.join([str(repo), *site.getsitepackages()])
+    probe = ("from pettingllms.sandbox import run_python\n"
+             "result = run_python('import sys; print(sys.prefix)')\n"
+             "print(result.returncode, result.stdout.strip(), result.private_tmp)\n")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": path})
+    returncode, prefix, private_tmp = out.stdout.split()
+    assert (returncode, prefix) == ("0", str(venv)), out.stderr
+    assert str(tmp_path).startswith("/tmp/") or private_tmp == "False"
