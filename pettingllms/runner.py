@@ -31,6 +31,7 @@ from pettingllms import envs
 from pettingllms.config import Config, policies_by_name, to_dict
 from pettingllms.exceptions import ConfigError, DataError, PolicyError, ResumeMismatchError, UserError
 from pettingllms.policies import GenerationRequest, Policy, SamplingParams, build_policy, sampling_for
+from pettingllms.policies.expert import ExpertPolicy
 from pettingllms.records import CollectionStats, Episode, RecordFilter
 
 SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000}
@@ -104,24 +105,26 @@ def plan_episodes(config: Config) -> list[EpisodeSpec]:
 
 
 def make_env(config: Config) -> envs.TurnBasedTextEnv:
-    """The configured environment; a setting the env does not take is a ConfigError."""
+    """The configured environment; a setting it does not take is a ConfigError."""
     name = envs.resolve_name(config.env.name)
-    accepted = inspect.signature(envs.env_class(name).__init__).parameters
-    kwargs: dict[str, Any] = dict(config.env.kwargs)
-    wanted = {"max_turns": config.env.max_turns, "dataset": config.env.dataset,
-              "shuffle": config.env.shuffle or None, "split": None if config.env.split == "train" else "test"}
-    for key, value in wanted.items():
-        if value is not None and key not in accepted:
-            raise ConfigError(f"env.{key} is not a setting of env '{name}'; it takes: "
-                              f"{', '.join(p for p in accepted if p not in ('self', 'render_mode'))}.")
-    for key in ("max_turns", "dataset", "shuffle", "split"):
-        if key in accepted and getattr(config.env, key) is not None:
-            kwargs[key] = getattr(config.env, key)
+    accepted = [p for p in inspect.signature(envs.env_class(name).__init__).parameters if p != "self"]
     unknown = [key for key in config.env.kwargs if key not in accepted]
     if unknown:
-        raise ConfigError(f"env.kwargs.{unknown[0]} is not an argument of env '{name}'; it takes: "
-                          f"{', '.join(p for p in accepted if p != 'self')}.")
-    return envs.make(name, **kwargs)
+        raise ConfigError(f"env.kwargs.{unknown[0]} is not an argument of env '{name}'; it takes: {', '.join(accepted)}.")
+    kwargs: dict[str, Any] = dict(config.env.kwargs)
+    if config.env.max_turns is not None:
+        kwargs["max_turns"] = config.env.max_turns
+    for key, value in (("dataset", config.env.dataset), ("shuffle", config.env.shuffle or None)):
+        if value is not None and key not in accepted:
+            raise ConfigError(f"env.{key}: env '{name}' generates its tasks and takes no {key}.")
+        if value is not None:
+            kwargs[key] = value
+    if "split" in accepted:  # procedural envs get the split through their seeds (plan_episodes)
+        kwargs["split"] = config.env.split
+    try:
+        return envs.make(name, **kwargs)
+    except ValueError as error:  # the env's own argument checks
+        raise ConfigError(f"env '{name}': {error}") from None
 
 
 def build_agent_slots(config: Config, possible_agents: tuple[str, ...]) -> dict[str, AgentSlot]:
@@ -332,8 +335,6 @@ class Collector:
 
     def _save_config(self) -> None:
         content = {"identity": run_identity(self.config), "config": to_dict(self.config)}
-        for policy in content["config"]["policies"].values():
-            policy.pop("api_key", None)
         write_json_atomic(self.files.config, content)
 
     def write_stats(self) -> dict[str, Any]:
@@ -348,7 +349,7 @@ class Collector:
             return
         probe = make_env(self.config)
         slots = build_agent_slots(self.config, probe.possible_agents)
-        if any(slot.policy.__class__.__name__ == "ExpertPolicy" for slot in slots.values()) and not probe.has_expert:
+        if any(isinstance(slot.policy, ExpertPolicy) for slot in slots.values()) and not probe.has_expert:
             raise ConfigError(f"env '{self.env_name}' has no expert; use policy.backend=hf or openai.")
         queue = iter(todo)
         progress = Progress(self.stats.episodes + len(todo), initial=self.stats.episodes)

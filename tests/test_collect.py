@@ -1,6 +1,7 @@
 """`collect` end to end with the expert: the three files, and stats that agree with them."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,20 @@ def test_resume_refuses_another_policy_or_fewer_episodes(tmp_path):
     resumed = run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=6",
                           "training.rollout_concurrency=2", name="guarded")
     assert resumed.stats["total_episodes"] == 6
+
+
+@pytest.mark.parametrize("override, message", [
+    ("env.dataset=humaneval", "env.dataset: env 'sokoban' generates its tasks and takes no dataset."),
+    ("env.kwargs.num_boxes=99", "env 'sokoban': num_boxes must be an integer from 1 to"),
+    ("env.kwargs.colour=red", "env.kwargs.colour is not an argument of env 'sokoban'; it takes: max_turns,"),
+])
+def test_env_settings_it_does_not_take_are_config_errors(tmp_path, override, message):
+    from pettingllms.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_collect(tmp_path, "policy=expert", "env.name=sokoban", "training.sft_num_episodes=1", override)
+
+
+def test_test_split_works_for_procedural_envs(tmp_path):
+    result = run_collect(tmp_path, "policy=expert", "env.name=sudoku", "env.split=test", "training.sft_num_episodes=2")
+    assert {e["seed"] for e in read_jsonl(result.files.rollouts)} == {1_000_000, 1_000_001}
