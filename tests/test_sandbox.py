@@ -236,11 +236,21 @@ def test_output_cap_is_configurable_and_a_short_run_keeps_its_status():
     assert result.stdout == "y" * 1000
 
 
+def _visible_parent() -> Path:
+    for candidate in (Path(__file__).resolve().parent, Path("/var/lib"), Path("/opt"), Path("/srv")):
+        hidden = any(str(candidate).startswith(shared + os.sep) for shared in sandbox._SHARED_WRITABLE_DIRS)
+        if candidate.is_dir() and os.access(candidate, os.W_OK) and not hidden \
+                and sandbox._first_closed_directory(str(candidate)) is None:
+            return candidate
+    pytest.skip("no directory both visible to the sandboxed program and writable by the test")
+
+
 @pytest.fixture
 def victim_dir():
-    """A root-owned 0755 directory with a 0644 file, somewhere the program can see (the
-    repository; /tmp may be replaced by a private tmpfs in the sandbox)."""
-    path = Path(tempfile.mkdtemp(prefix=".sandbox_victim_", dir=Path(__file__).resolve().parent))
+    """A root-owned 0755 directory with a 0644 file, somewhere the program can see: the
+    repository, unless it lies under /tmp (a private tmpfs in the sandbox, as for a CI clone
+    in /tmp) or a directory others cannot enter; then a system folder such as /var/lib."""
+    path = Path(tempfile.mkdtemp(prefix=".sandbox_victim_", dir=_visible_parent()))
     try:
         path.chmod(0o755)
         (path / "victim.txt").write_text("precious")
