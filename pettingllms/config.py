@@ -209,19 +209,9 @@ def _check_value(value: Any, hint: Any, prefix: str) -> None:
                 check_keys(item, item_type, f"{prefix}{name}.")
 
 
-def all_keys(schema: type = Config, prefix: str = "") -> list[str]:
+def all_keys() -> list[str]:
     """Every dotted key the config accepts (dict entries shown as <name>)."""
-    keys = []
-    for item in fields(schema):
-        hint = get_type_hints(schema)[item.name]
-        key = prefix + item.name
-        if is_dataclass(hint):
-            keys += all_keys(hint, key + ".")
-        elif get_origin(hint) is dict and is_dataclass(get_args(hint)[1]):
-            keys += all_keys(get_args(hint)[1], key + ".<name>.")
-        else:
-            keys.append(key)
-    return keys
+    return [key for key, _, _ in describe_keys()]
 
 
 def _unknown_key_message(key: str) -> str:

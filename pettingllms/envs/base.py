@@ -7,7 +7,8 @@ reply from each of them, and `max_turns` bounds the rounds.
 
 A subclass writes the task and its rules in five methods:
 
-    _reset_task(options)           build the task from `self.np_random` (or options["task_index"])
+    _reset_task(options)           build the task from `self.np_random` (or options["task_index"]);
+                                   `self.seed` holds the reset's seed
     _prompt(agent)                 the chat messages `agent` sees now
     _apply_reply(agent, text)      parse the reply, change the state, return a `TurnResult`
     _episode_success()             decided once, when the episode ends
@@ -66,6 +67,8 @@ class TurnBasedTextEnv(gymnasium.Env):
         self.agents: list[str] = []
         self.agent_selection: str = self.possible_agents[0]
         self.task_id: str = ""
+        self.seed: int | None = None
+        """The seed of the current episode's `reset` (None when reset drew its own)."""
         self.round_idx = 0
         self.turn_idx = 0
         self.success: bool | None = None
@@ -76,6 +79,7 @@ class TurnBasedTextEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        self.seed = seed
         self.agents = list(self.possible_agents)
         self.agent_selection = self.agents[0]
         self.round_idx = 0

@@ -203,12 +203,7 @@ class PlanningEnv(TurnBasedTextEnv):
     tool_timeout_s = 5.0
     output_chars = 400
     """How much of the program's output the planner sees."""
-    _seed: int | None = None
     _board_text = ""
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        self._seed = seed  # the base reset seeds np_random before `_reset_task` runs
-        return super().reset(seed=seed, options=options)
 
     def render(self) -> str:
         return self._board_text
@@ -250,10 +245,10 @@ class PlanningEnv(TurnBasedTextEnv):
     def _reset_task(self, options: dict[str, Any]) -> None:
         self._new_puzzle()
         self._board_text = self._puzzle_text()
-        if self._seed is None:
+        if self.seed is None:
             suffix = "h" + hashlib.sha1(self._board_text.encode()).hexdigest()[:10]
         else:
-            suffix = str(self._seed)
+            suffix = str(self.seed)
         self.task_id = "-".join(part for part in (self.game_name, self._variant(), suffix) if part)
         self.solved = False
         self._history: list[str] = []
