@@ -167,13 +167,14 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def print_summary_table(stats: dict[str, Any], summary: dict[str, Any], files) -> None:
-    loss = summary.get("final_train_loss")
+    first, last = summary.get("first_train_loss"), summary.get("final_train_loss")
+    loss = f"{first:.4f} -> {last:.4f}" if first is not None and last is not None else str(last)
     rows = [
         ("episodes", str(stats["total_episodes"])),
         ("success rate", f"{stats['success_rate']:.2f} ({stats['successful_episodes']} ok, "
                          f"{stats['failed_episodes']} failed)"),
         ("records kept", f"{stats['kept_records']} of {stats['total_records']} turns"),
-        ("train loss", f"{loss:.4f}" if isinstance(loss, (int, float)) else str(loss)),
+        ("train loss", loss),
         ("data", str(files.records)),
         ("stats", str(files.stats)),
         ("model", str(summary.get("output_dir"))),

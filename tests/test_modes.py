@@ -28,7 +28,8 @@ def test_quick_test_runs_the_whole_flow_and_prints_the_summary(tmp_path):
     assert f"{stats['success_rate']:.2f}" in result.stdout
     summary = json.loads((data_dir / "sft_model" / "training_summary.json").read_text())
     assert summary["train_samples"] == stats["kept_records"]
-    assert f"{summary['final_train_loss']:.4f}" in result.stdout
+    assert f"{summary['first_train_loss']:.4f} -> {summary['final_train_loss']:.4f}" in result.stdout
+    assert summary["final_train_loss"] < summary["first_train_loss"], "quick-test must show the model learning"
     assert (data_dir / "sft_model" / "adapter_config.json").exists()
 
 

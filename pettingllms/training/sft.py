@@ -323,6 +323,7 @@ def describe_training(trainer: Any, result: Any, eval_loss: float | None) -> dic
         "loss_mask": "reply + end-of-turn token (completion and assistant masks)"
         if trainer.args.assistant_only_loss
         else "all the template writes after the prompt (completion mask)",
+        "first_train_loss": logged[0] if logged else None,
         "final_train_loss": final_loss,
         "mean_train_loss": result.training_loss,
         "eval_loss": eval_loss,
