@@ -176,3 +176,33 @@ def test_a_cached_hub_id_loads_from_its_snapshot_folder(tiny_dir, tmp_path, monk
     assert isinstance(asyncio.run(policy.generate(ask("hi", max_tokens=2))).text, str)
     with pytest.raises(ModelNotFoundError, match="Hub id"):
         HFPolicy(model_path="tiny-org/not-downloaded")
+
+
+def test_a_lora_adapter_folder_is_loaded_on_its_base_model(tmp_path):
+    """`policy.model_path=<output of pettingllms train>` collects with the fine-tuned model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pettingllms.tiny_model import tiny_model_path
+
+    base_dir = tiny_model_path()
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.fill_(0.05)  # B starts at zero; make the adapter change something
+    peft_model.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp_path / "adapter")
+
+    policy = HFPolicy(model_path=str(tmp_path / "adapter"), device="cpu")
+    policy.load()
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    loaded = dict(policy.model.named_parameters())
+    query = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(loaded[query], dict(base.named_parameters())[query])
+    assert torch.equal(loaded["model.embed_tokens.weight"], dict(base.named_parameters())["model.embed_tokens.weight"])
+    reply = asyncio.run(policy.generate(GenerationRequest([{"role": "user", "content": "hi"}],
+                                                          SamplingParams(temperature=0, max_tokens=4))))
+    assert isinstance(reply.text, str) and reply.prompt_text.startswith("<|im_start|>user")

@@ -19,6 +19,7 @@ reproducible always.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from pettingllms.policies.base import Generation, GenerationRequest, Policy, Sam
 _GENERATE_LOCK = threading.Lock()
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ADAPTER_CONFIG = "adapter_config.json"
+"""A PEFT adapter folder (what `pettingllms train` writes) is loaded on its base model."""
 
 
 @dataclass(eq=False)
@@ -252,7 +255,7 @@ def find_model_dir(model_path: str) -> str:
     when peft is installed), so a cached id is resolved to its snapshot folder here.
     """
     path = Path(model_path).expanduser()
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file():
         return str(path)
     snapshot = None if path.exists() else cached_hub_snapshot(model_path)
     if snapshot is not None:
@@ -265,7 +268,7 @@ def find_model_dir(model_path: str) -> str:
         what = "is neither a local folder nor a Hub id in the local cache"
     raise ModelNotFoundError(
         f"Model {model_path!r} {what}. The hf policy accepts a local folder with config.json "
-        f"(from save_pretrained) or a Hub id already downloaded (`hf download ID`); nothing is downloaded."
+        f"(from save_pretrained), a LoRA adapter folder (from `pettingllms train`) or a Hub id already downloaded (`hf download ID`); nothing is downloaded."
     )
 
 
@@ -289,10 +292,18 @@ def load_model(path: str, device: str, dtype: str) -> tuple[Any, Any]:
 
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
+    adapter = Path(path, ADAPTER_CONFIG)
+    base = find_model_dir(json.loads(adapter.read_text())["base_model_name_or_path"]) if adapter.is_file() else path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
-    except (OSError, ValueError) as error:
+        has_tokenizer = Path(path, "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else base, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, local_files_only=True)
+        if adapter.is_file():
+            from peft import PeftModel
+
+            # Merged once at load: generation then costs what the base model costs.
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    except (OSError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelNotFoundError(f"Could not load model {path!r}: {first_line}") from error
     return tokenizer, model.to(device).eval()
