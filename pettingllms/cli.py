@@ -27,7 +27,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     config = load_config(args.overrides)
     result = _collect(config)
-    return 130 if result.interrupted else 0
+    return exit_status(result)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.overrides)
     result = _collect(config)
     if result.interrupted:
-        return 130
+        return exit_status(result)
     if not config.training.run_sft_training:
         print("training.run_sft_training=false: collected only.")
         return 0
@@ -60,7 +60,7 @@ def cmd_quick_test(args: argparse.Namespace) -> int:
     config = load_config([f"config={CONFIG_DIR / 'quick_test.yaml'}", *args.overrides])
     result = _collect(config)
     if result.interrupted:
-        return 130
+        return exit_status(result)
     summary = _train(config, [str(result.files.records)])
     print_summary_table(result.stats, summary, result.files)
     return 0
@@ -101,7 +101,12 @@ def cmd_merge_lora(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from pettingllms.tiny_model import build_tiny_model
 
-    path = build_tiny_model(args.output)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a file; give a folder to write the model into.")
+    try:
+        path = build_tiny_model(args.output)
+    except OSError as error:
+        raise UserError(f"Cannot write the tiny model to {args.output}: {error.strerror or error}.") from None
     print(f"Tiny model written to {path}")
     return 0
 
@@ -123,9 +128,9 @@ def _collect(config):
     print(f"{stats['total_episodes']} episodes, {stats['successful_episodes']} successful "
           f"(success rate {stats['success_rate']:.2f}), {stats['kept_records']} records kept, "
           f"{stats['error_episodes']} errors.")
-    if stats["total_episodes"] and stats["successful_episodes"] == 0:
-        print("No episode succeeded: with only_success=true nothing is kept "
-              "(a tiny or untrained model is expected to score zero).")
+    if stats["total_episodes"] and stats["successful_episodes"] == 0 and config.training.only_success:
+        print("No episode succeeded, so nothing is kept (training.only_success=true); "
+              "a tiny or untrained model is expected to score zero.")
     for label, path in (("records", result.files.records), ("stats", result.files.stats),
                         ("rollouts", result.files.rollouts)):
         print(f"  {label:9s}{path}")
@@ -137,6 +142,11 @@ def _collect(config):
     return result
 
 
+def exit_status(result) -> int:
+    """0, or 128 + the signal that stopped the run (130 for Ctrl-C, 143 for SIGTERM), as shells expect."""
+    return 128 + result.stopped_by if result.interrupted else 0
+
+
 def _train(config, paths: list[str]) -> dict[str, Any]:
     from pettingllms.runner import training_model_path
     from pettingllms.training.sft import run_training
@@ -144,6 +154,10 @@ def _train(config, paths: list[str]) -> dict[str, Any]:
     settings = config.training.sft_config
     if settings.model_name_or_path is None:
         settings.model_name_or_path = training_model_path(config)
+        if config.policy.backend == "openai" and not config.policy.model_path:
+            print(f"warning: training {settings.model_name_or_path}, not the served model: set "
+                  "training.sft_config.model_name_or_path (or policy.model_path) to the model's folder.",
+                  file=sys.stderr)
     return run_training(settings, paths)
 
 

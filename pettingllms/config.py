@@ -4,8 +4,9 @@ Layers, later ones win:
 
 1. the defaults below;
 2. `configs/env/<env.name>.yaml`, the chosen environment's defaults;
-3. `configs/policy/<name>.yaml` when the command line says `policy=<name>`;
-4. a preset, `config=path/to/file.yaml`;
+3. a preset, `config=path/to/file.yaml` (quick-test uses `configs/quick_test.yaml`);
+4. the groups chosen on the command line: `policy=<name>` (`configs/policy/<name>.yaml`)
+   and `env=<name>`, so they win over a preset;
 5. dotted overrides, `training.sft_num_episodes=50 env.max_turns=2`.
 
 An unknown key is a `ConfigError` that names the key and the nearest valid ones.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pettingllms.exceptions import ConfigError
@@ -123,17 +124,18 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     env_file = CONFIG_DIR / "env" / f"{env_name}.yaml"
     if env_file.exists():
         layers.append(_read_yaml(env_file))
-    layers.append(OmegaConf.create({"env": {"name": env_name}}))
+    layers.append(preset_layer)
     if "policy" in groups:
         layers.append(_read_yaml(_group_file("policy", groups["policy"])))
-    layers += [preset_layer, _parse_dotted(dotted)]
+    layers += [OmegaConf.create({"env": {"name": env_name}}), _parse_dotted(dotted)]
     for layer in layers[1:]:
         check_keys(OmegaConf.to_container(layer), Config)
     try:
         merged = OmegaConf.merge(*layers)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        raise ConfigError(_first_line(error)) from None
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{key}: {_first_line(error)}" if key else _first_line(error)) from None
     validate(config)
     return config
 
@@ -166,22 +168,24 @@ def _parse_dotted(dotted: list[str]):
 
 
 def _group_file(group: str, name: str) -> Path:
-    path = CONFIG_DIR / group / f"{name}.yaml"
-    if not path.exists():
-        available = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    available = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    if name not in available:  # only names from the folder: `policy=../x` must not reach other files
         close = difflib.get_close_matches(name, available, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"Unknown {group} '{name}'.{hint} Available: {', '.join(available)}")
-    return path
+    return CONFIG_DIR / group / f"{name}.yaml"
 
 
 def _read_yaml(path: Path):
     if not path.exists():
         raise ConfigError(f"Config file {path} does not exist.")
     try:
-        return OmegaConf.load(path)
+        content = OmegaConf.load(path)
     except Exception as error:  # YAML syntax errors come in several types
         raise ConfigError(f"Cannot read {path}: {_first_line(error)}") from None
+    if not isinstance(content, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of settings (env:, policy:, training: ...).")
+    return content
 
 
 def _first_line(error: BaseException) -> str:
@@ -220,7 +224,7 @@ def _unknown_key_message(key: str) -> str:
     if not close:
         leaf = key.rsplit(".", 1)[-1]
         close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:3]
-    hint = f" Did you mean: {', '.join(close)}?" if close else " See `pettingllms collect --help` for the keys."
+    hint = f" Did you mean: {', '.join(close)}?" if close else " Run `pettingllms keys` to see them all."
     return f"Unknown config key '{key}'.{hint}"
 
 
@@ -246,10 +250,22 @@ def validate(config: Config) -> None:
     _validate_policy("policy", config.policy)
     for name, policy in config.policies.items():
         _validate_policy(f"policies.{name}", policy)
+    _validate_training(training.sft_config)
     for agent, settings in config.agents.items():
         if settings.policy is not None and settings.policy not in policies_by_name(config):
             raise ConfigError(f"agents.{agent}.policy='{settings.policy}' is not a policy. "
                               f"Defined: {', '.join(policies_by_name(config))} (add it under policies.<name>).")
+
+
+def _validate_training(sft: SFTSettings) -> None:
+    key = "training.sft_config"
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
+                 "max_seq_length", "logging_steps"):
+        _require(getattr(sft, name) > 0, f"{key}.{name}", getattr(sft, name), "an integer > 0")
+    _require(sft.num_train_epochs > 0, f"{key}.num_train_epochs", sft.num_train_epochs, "a number > 0")
+    _require(sft.learning_rate > 0, f"{key}.learning_rate", sft.learning_rate, "a number > 0")
+    _require(0 <= sft.lora_dropout < 1, f"{key}.lora_dropout", sft.lora_dropout, "a number in [0, 1)")
+    _require(sft.thinking in ("keep", "strip"), f"{key}.thinking", sft.thinking, "'keep' or 'strip'")
 
 
 def _validate_policy(key: str, policy: PolicyConfig) -> None:
@@ -259,6 +275,7 @@ def _validate_policy(key: str, policy: PolicyConfig) -> None:
     _require(policy.mode in ("chat", "completions"), f"{key}.mode", policy.mode, "'chat' or 'completions'")
     _require(policy.max_tokens > 0, f"{key}.max_tokens", policy.max_tokens, "an integer > 0")
     _require(policy.temperature >= 0, f"{key}.temperature", policy.temperature, "a number >= 0")
+    _require(0 < policy.top_p <= 1, f"{key}.top_p", policy.top_p, "a number in (0, 1]")
     _require(policy.max_concurrency > 0, f"{key}.max_concurrency", policy.max_concurrency, "an integer > 0")
     _require(policy.max_retries >= 0, f"{key}.max_retries", policy.max_retries, "an integer >= 0")
     _require(policy.timeout_s > 0 and policy.connect_timeout_s > 0, f"{key}.timeout_s/connect_timeout_s",

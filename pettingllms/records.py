@@ -160,5 +160,6 @@ class CollectionStats:
             "wall_time_s": round(wall_time_s, 3),
             "episodes_per_s": round(self.episodes / wall_time_s, 3) if wall_time_s > 0 else 0.0,
             "kept_record_chars": summarize_lengths(self.record_chars),
-            "kept_record_tokens": {"tokenizer": tokenizer_name, **summarize_lengths(self.record_tokens)},
+            "kept_record_tokens": ({"tokenizer": tokenizer_name, **summarize_lengths(self.record_tokens)}
+                                   if tokenizer_name else None),
         }

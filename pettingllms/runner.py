@@ -14,6 +14,7 @@ from the ledger, and nothing is lost or duplicated.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import inspect
 import json
 import os
@@ -49,6 +50,8 @@ class EpisodeSpec:
     rollout_idx: int
     seed: int
     episode_id: str
+    task_index: int
+    """Dataset envs play task `task_index` mod N: `training.seed` shifts where the walk starts."""
 
 
 @dataclass
@@ -88,7 +91,12 @@ class RunFiles:
 class CollectResult:
     files: RunFiles
     stats: dict[str, Any]
-    interrupted: bool = False
+    stopped_by: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early, if one did."""
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
 
 
 def plan_episodes(config: Config) -> list[EpisodeSpec]:
@@ -100,7 +108,8 @@ def plan_episodes(config: Config) -> list[EpisodeSpec]:
     for index in range(config.training.sft_num_episodes):
         env_idx, rollout_idx = divmod(index, samples)
         seed = base + env_idx
-        specs.append(EpisodeSpec(index, env_idx, rollout_idx, seed, f"{name}-{config.env.split}-{seed}-{rollout_idx}"))
+        episode_id = f"{name}-{config.env.split}-{seed}-{rollout_idx}"
+        specs.append(EpisodeSpec(index, env_idx, rollout_idx, seed, episode_id, config.training.seed + env_idx))
     return specs
 
 
@@ -111,6 +120,9 @@ def make_env(config: Config) -> envs.TurnBasedTextEnv:
     unknown = [key for key in config.env.kwargs if key not in accepted]
     if unknown:
         raise ConfigError(f"env.kwargs.{unknown[0]} is not an argument of env '{name}'; it takes: {', '.join(accepted)}.")
+    reserved = [key for key in config.env.kwargs if key in ("max_turns", "dataset", "shuffle", "split")]
+    if reserved:
+        raise ConfigError(f"env.kwargs.{reserved[0]}: set it as env.{reserved[0]} instead.")
     kwargs: dict[str, Any] = dict(config.env.kwargs)
     if config.env.max_turns is not None:
         kwargs["max_turns"] = config.env.max_turns
@@ -150,20 +162,24 @@ async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict
                       env_name: str) -> Episode:
     """Play one episode to its end (or to a policy error) and return its full transcript."""
     started = time.perf_counter()
-    obs, info = await asyncio.to_thread(env.reset, seed=spec.seed, options={"task_index": spec.env_idx})
     episode: Episode = {
         "episode_id": spec.episode_id, "env_name": env_name, "env_idx": spec.env_idx,
-        "rollout_idx": spec.rollout_idx, "seed": spec.seed, "task_id": info["task_id"],
+        "rollout_idx": spec.rollout_idx, "seed": spec.seed, "task_id": None,
         "success": False, "agent_success": {}, "terminated": False, "truncated": False,
         "error": None, "turns": [],
     }
+    stage = "env"  # where an unexpected exception came from
     try:
+        obs, info = await asyncio.to_thread(env.reset, seed=spec.seed, options={"task_index": spec.task_index})
+        episode["task_id"] = info["task_id"]
         while True:
             agent = info["agent"]
             slot = slots[agent]
             request = GenerationRequest(obs, slot.sampling, agent, spec.episode_id, env)
             generate_start = time.perf_counter()
+            stage = "policy"
             generation = await slot.policy.generate(request)
+            stage = "env"
             step_start = time.perf_counter()
             next_obs, reward, terminated, truncated, info = await asyncio.to_thread(env.step, generation.text)
             episode["turns"].append({
@@ -183,22 +199,39 @@ async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict
                 break
     except PolicyError as error:
         episode["error"] = {"kind": error.kind, "message": str(error)}
-    except Exception as error:  # a bug in an env must cost one episode, not the whole run
-        episode["error"] = {"kind": "env_error", "message": f"{type(error).__name__}: {error}"}
-        print(f"warning: episode {spec.episode_id} failed inside the environment: {type(error).__name__}: "
-              f"{error}", file=sys.stderr)
+    except Exception as error:  # a bug in an env or a backend must cost one episode, not the whole run
+        episode["error"] = {"kind": f"{stage}_error", "message": f"{type(error).__name__}: {error}"}
+        where = "the environment" if stage == "env" else "the policy"
+        print(f"warning: episode {spec.episode_id} failed inside {where}: {type(error).__name__}: {error}",
+              file=sys.stderr)
     episode["wall_time_s"] = round(time.perf_counter() - started, 4)
     return episode
 
 
 def default_run_name(directory: Path) -> str:
-    """The start time, made unique in `directory`."""
+    """The start time, made unique in `directory` by creating the run's ledger on the spot,
+    so two collections started in the same second cannot share a run."""
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     name, suffix = stamp, 1
-    while RunFiles(directory, name).rollouts.exists():
-        suffix += 1
-        name = f"{stamp}_{suffix}"
-    return name
+    while True:
+        try:
+            os.close(os.open(RunFiles(directory, name).rollouts, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return name
+        except FileExistsError:
+            suffix += 1
+            name = f"{stamp}_{suffix}"
+
+
+def lock_run(files: RunFiles):
+    """Hold the run's ledger locked for as long as the returned file stays open."""
+    handle = open(files.rollouts, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"Run '{files.run_name}' in {files.directory} is being collected by another process; "
+                        "wait for it or use another training.run_name.") from None
+    return handle
 
 
 GUARDED_KEYS = ("env", "training.seed", "training.num_samples_per_task", "training.only_success",
@@ -284,10 +317,20 @@ class Collector:
     def __init__(self, config: Config):
         self.config = config
         self.env_name = envs.resolve_name(config.env.name)
+        # The env and the policies first: a mistake in their settings is reported before any file is written.
+        self.probe = make_env(config)
+        self.slots = build_agent_slots(config, self.probe.possible_agents)
+        if any(isinstance(slot.policy, ExpertPolicy) for slot in self.slots.values()) and not self.probe.has_expert:
+            raise ConfigError(f"env '{self.env_name}' has no expert; use policy.backend=hf or openai.")
         directory = Path(config.training.sft_data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        run_name = config.training.run_name or default_run_name(directory)
-        self.files = RunFiles(directory, run_name)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            run_name = config.training.run_name or default_run_name(directory)
+            self.files = RunFiles(directory, run_name)
+            self._lock = lock_run(self.files)
+        except OSError as error:
+            raise DataError(f"Cannot write collection files in training.sft_data_dir={directory}: "
+                            f"{error.strerror or error}.") from None
         training = config.training
         self.filter = RecordFilter(training.only_success, training.collect_mode, training.dedup,
                                    training.max_records_per_task)
@@ -337,6 +380,10 @@ class Collector:
         content = {"identity": run_identity(self.config), "config": to_dict(self.config)}
         write_json_atomic(self.files.config, content)
 
+    def close(self) -> None:
+        """Release the run's lock."""
+        self._lock.close()
+
     def write_stats(self) -> dict[str, Any]:
         wall_time = self.previous_wall_time + time.perf_counter() - self.started
         stats = self.stats.to_dict(wall_time, self.filter.removed, self.token_counter.name)
@@ -345,21 +392,22 @@ class Collector:
 
     async def run(self, todo: list[EpisodeSpec]) -> None:
         """Run `todo` on bounded workers, writing each episode as it ends."""
+        slots = self.slots
         if not todo:
             return
-        probe = make_env(self.config)
-        slots = build_agent_slots(self.config, probe.possible_agents)
-        if any(isinstance(slot.policy, ExpertPolicy) for slot in slots.values()) and not probe.has_expert:
-            raise ConfigError(f"env '{self.env_name}' has no expert; use policy.backend=hf or openai.")
         queue = iter(todo)
         progress = Progress(self.stats.episodes + len(todo), initial=self.stats.episodes)
         with open(self.files.records, "a") as records, open(self.files.rollouts, "a") as ledger:
             writer = EpisodeWriter(self, records, ledger, progress)
             workers = min(self.config.training.rollout_concurrency, len(todo))
-            environments = [probe] + [make_env(self.config) for _ in range(workers - 1)]
+            environments = [self.probe] + [make_env(self.config) for _ in range(workers - 1)]
+            tasks = [asyncio.ensure_future(self._work(env, queue, slots, writer)) for env in environments]
             try:
-                await asyncio.gather(*(self._work(env, queue, slots, writer) for env in environments))
+                await asyncio.gather(*tasks)
             finally:
+                for task in tasks:  # one worker failing (or a stop) ends them all
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 writer.sync()
                 progress.close()
                 for policy in {id(slot.policy): slot.policy for slot in slots.values()}.values():
@@ -432,8 +480,13 @@ class TokenCounter:
         tokenizer = self.load()
         if tokenizer is None:
             return []
-        return [len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
-                for record in records]
+        try:
+            return [len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
+                    for record in records]
+        except Exception as error:  # e.g. a template that refuses a system message: stats lose one field
+            print(f"warning: token counts unavailable ({type(error).__name__}: {error})", file=sys.stderr)
+            self._failed, self._tokenizer, self.name = True, None, None
+            return []
 
     def load(self):
         """Load the tokenizer now (slow: imports transformers), before the event loop needs it."""
@@ -480,15 +533,18 @@ def collect(config: Config) -> CollectResult:
     on disk, and the same command resumes.
     """
     collector = Collector(config)
-    todo = collector.prepare()
-    stats: dict[str, Any] = {}
-    interrupted = run_until_signal(collector.run(todo), threads=config.training.rollout_concurrency + 4,
-                                   finish=lambda: stats.update(collector.write_stats()))
-    return CollectResult(collector.files, stats, interrupted)
+    try:
+        todo = collector.prepare()
+        stats: dict[str, Any] = {}
+        stopped_by = run_until_signal(collector.run(todo), threads=config.training.rollout_concurrency + 4,
+                                      finish=lambda: stats.update(collector.write_stats()))
+    finally:
+        collector.close()
+    return CollectResult(collector.files, stats, stopped_by)
 
 
-def run_until_signal(coroutine, threads: int, finish: Callable[[], None]) -> bool:
-    """Run `coroutine` to its end, then `finish()`; return True if SIGINT/SIGTERM cancelled it.
+def run_until_signal(coroutine, threads: int, finish: Callable[[], None]) -> int | None:
+    """Run `coroutine` to its end, then `finish()`; return the signal that cancelled it, if one did.
 
     The first signal cancels it; later ones are ignored until `finish` is done, while the
     episodes' threads (model code in the sandbox, a generate call) wind down, so a second
@@ -501,10 +557,11 @@ def run_until_signal(coroutine, threads: int, finish: Callable[[], None]) -> boo
     stopping = []
 
     def stop(signum, frame):
-        if not stopping:
-            stopping.append(signum)
-            print("\nStopping: abandoning the episodes in flight...", file=sys.stderr)
-            loop.call_soon_threadsafe(task.cancel)
+        if stopping or task.done():
+            return  # already stopping, or nothing left to stop
+        stopping.append(signum)
+        print("\nStopping: abandoning the episodes in flight...", file=sys.stderr)
+        loop.call_soon_threadsafe(task.cancel)
 
     previous = _install_handlers(stop)
     try:
@@ -519,7 +576,7 @@ def run_until_signal(coroutine, threads: int, finish: Callable[[], None]) -> boo
             finish()
         finally:
             _restore_handlers(previous)
-    return bool(stopping)
+    return stopping[0] if stopping else None
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -44,18 +44,27 @@ def rollout_stats(path: Path) -> dict[str, Any]:
     stats = CollectionStats(episodes[0]["env_name"], run_name)
     for episode in episodes:
         stats.add(episode, record_filter.keep(episode))
-    wall_time = sum(episode.get("wall_time_s", 0.0) for episode in episodes)
-    result = stats.to_dict(wall_time, record_filter.removed)
-    result["wall_time_s_note"] = "sum of episode times (episodes ran concurrently)"
+    # Episodes ran concurrently, so their times do not add up to the run's: take the run's
+    # own wall time from the stats file beside the rollouts, or say there is none.
+    collected = _read_json(path.with_name(f"sft_data_{run_name}_stats.json"))
+    result = stats.to_dict(collected.get("wall_time_s", 0.0), record_filter.removed)
+    if "wall_time_s" not in collected:
+        result["wall_time_s"] = result["episodes_per_s"] = None
     result["_lengths"] = stats.record_chars
     return result
 
 
 def _saved_training_config(path: Path) -> dict[str, Any]:
+    return _read_json(path).get("config", {}).get("training", {})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when it is missing or not one."""
     try:
-        return json.loads(path.read_text())["config"]["training"]
-    except (OSError, KeyError, json.JSONDecodeError):
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    return content if isinstance(content, dict) else {}
 
 
 def record_stats(path: Path) -> dict[str, Any]:

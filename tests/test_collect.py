@@ -114,7 +114,7 @@ def test_an_exception_inside_an_env_costs_one_episode_not_the_run(capsys):
             return "4"
 
     slots = {"solver": AgentSlot(ExpertPolicy(), SamplingParams(), True)}
-    episode = asyncio.run(run_episode(BrokenEnv(), EpisodeSpec(0, 0, 0, 0, "broken-0-0"), slots, "broken"))
+    episode = asyncio.run(run_episode(BrokenEnv(), EpisodeSpec(0, 0, 0, 0, "broken-0-0", 0), slots, "broken"))
     assert episode["error"] == {"kind": "env_error", "message": "KeyError: 'bug in the env'"}
     assert episode["success"] is False and episode["turns"] == []
     assert "broken-0-0 failed inside the environment" in capsys.readouterr().err
@@ -149,3 +149,32 @@ def test_env_settings_it_does_not_take_are_config_errors(tmp_path, override, mes
 def test_test_split_works_for_procedural_envs(tmp_path):
     result = run_collect(tmp_path, "policy=expert", "env.name=sudoku", "env.split=test", "training.sft_num_episodes=2")
     assert {e["seed"] for e in read_jsonl(result.files.rollouts)} == {1_000_000, 1_000_001}
+
+
+def test_training_seed_shifts_where_a_dataset_walk_starts():
+    specs = plan_episodes(load_config(["env.name=math_env", "training.seed=50", "training.sft_num_episodes=3"]))
+    assert [s.task_index for s in specs] == [50, 51, 52]
+
+
+def test_two_runs_never_share_a_name_and_a_run_is_collected_by_one_process_at_a_time(tmp_path):
+    from pettingllms.exceptions import UserError
+    from pettingllms.runner import Collector
+
+    config = load_config([f"training.sft_data_dir={tmp_path}", "policy=expert"])
+    first, second = Collector(config), Collector(config)  # the same second, the same folder
+    assert first.files.run_name != second.files.run_name
+    named = load_config([f"training.sft_data_dir={tmp_path}", "policy=expert", "training.run_name=busy"])
+    holder = Collector(named)
+    with pytest.raises(UserError, match="'busy' .* is being collected by another process"):
+        Collector(named)
+    holder.close()
+    Collector(named).close()
+    first.close(), second.close()
+
+
+def test_a_settings_mistake_is_reported_before_any_file_is_written(tmp_path):
+    from pettingllms.exceptions import ConfigError
+
+    with pytest.raises(ConfigError):
+        run_collect(tmp_path / "data", "policy=expert", "env.kwargs.bogus=1")
+    assert not (tmp_path / "data").exists()

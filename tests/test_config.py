@@ -51,7 +51,12 @@ def test_unknown_key_names_it_and_suggests_the_nearest():
 @pytest.mark.parametrize("override, message", [
     ("training.sft_num_episodes=0", r"training.sft_num_episodes=0 is invalid; expected an integer > 0"),
     ("training.sft_num_episodes=-3", r"expected an integer > 0"),
-    ("training.sft_num_episodes=many", r"could not be converted to Integer"),
+    ("training.sft_num_episodes=many", r"training.sft_num_episodes: Value 'many' .* could not be converted to Integer"),
+    ("policy=../quick_test", r"Unknown policy '../quick_test'"),
+    ("training.sft_config.lora_r=0", r"training.sft_config.lora_r=0 is invalid; expected an integer > 0"),
+    ("training.sft_config.num_train_epochs=-1", r"num_train_epochs=-1.0 is invalid"),
+    ("training.sft_config.thinking=drop", r"expected 'keep' or 'strip'"),
+    ("policy.top_p=5", r"policy.top_p=5.0 is invalid; expected a number in \(0, 1\]"),
     ("training.collect_mode=turn", r"expected 'env' or 'agent'"),
     ("policy.backend=vllm", r"expected 'hf', 'openai' or 'expert'"),
     ("policy.error_rate=2", r"expected a number in \[0, 1\]"),
@@ -101,3 +106,18 @@ def test_accelerate_configs_are_valid_yaml():
 def test_key_listing_covers_nested_settings():
     keys = all_keys()
     assert "training.sft_config.lora_r" in keys and "agents.<name>.trainable" in keys
+
+
+def test_groups_on_the_command_line_win_over_a_preset():
+    preset = f"config={CONFIG_DIR / 'quick_test.yaml'}"
+    assert load_config([preset]).policy.backend == "expert"
+    assert load_config([preset, "policy=hf"]).policy.backend == "hf"
+    assert load_config([preset, "env=plan_path"]).env.name == "plan_path"
+    assert load_config([preset, "env=plan_path"]).training.sft_num_episodes == 10
+
+
+def test_a_preset_must_be_a_mapping(tmp_path):
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config([f"config={listing}"])
