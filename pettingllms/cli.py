@@ -162,10 +162,14 @@ def _train(config, paths: list[str]) -> dict[str, Any]:
 
 
 def train_data_paths(config) -> list[str]:
-    """`training.train_data_path` (a string, a list, globs), else the newest collected file."""
+    """`training.train_data_path` (files or globs: a list, or a string with commas), else the
+    records of run `training.run_name`, else the newest collected file."""
     wanted = config.training.train_data_path
     if wanted:
-        return [wanted] if isinstance(wanted, str) else [str(item) for item in wanted]
+        items = wanted.split(",") if isinstance(wanted, str) else wanted
+        return [str(item).strip() for item in items if str(item).strip()]
+    if config.training.run_name:
+        return [os.path.join(config.training.sft_data_dir, f"sft_data_{config.training.run_name}.jsonl")]
     pattern = os.path.join(config.training.sft_data_dir, "sft_data_*.jsonl")
     candidates = glob.glob(pattern)
     if not candidates:

@@ -18,7 +18,8 @@ import difflib
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -161,10 +162,38 @@ def _dotted_value(dotted: list[str], key: str) -> str | None:
 
 
 def _parse_dotted(dotted: list[str]):
-    try:
-        return OmegaConf.from_dotlist(dotted)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"Invalid override: {_first_line(error)}") from None
+    """The overrides as one layer. Values are read as YAML (numbers, booleans, lists), except
+    for text settings, which keep the characters typed: `training.run_name=20261121_101500`
+    must not turn into the number 20261121101500."""
+    layer = OmegaConf.create()
+    for item in dotted:
+        key, _, text = item.partition("=")
+        try:
+            value = text if _is_text_key(key) and text not in ("null", "~") else OmegaConf.from_dotlist([f"v={text}"]).v
+            OmegaConf.update(layer, key, value, force_add=True)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"Invalid override '{item}': {_first_line(error)}") from None
+    return layer
+
+
+def _is_text_key(key: str) -> bool:
+    """Whether the schema types `key` as text (str or str | None)."""
+    declared = _declared_type(key)
+    return declared is str or (get_origin(declared) in (Union, UnionType)
+                               and set(get_args(declared)) == {str, type(None)})
+
+
+def _declared_type(key: str) -> Any:
+    """The type the schema declares for dotted `key` (None when it does not know the key)."""
+    declared: Any = Config
+    for part in key.split("."):
+        if is_dataclass(declared):
+            declared = get_type_hints(declared).get(part)
+        elif get_origin(declared) is dict:
+            declared = get_args(declared)[1]  # `part` names an entry, e.g. agents.<name>
+        else:
+            return None
+    return declared
 
 
 def _group_file(group: str, name: str) -> Path:

@@ -40,3 +40,13 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_train_data_paths_from_a_list_commas_or_the_run_name():
+    from pettingllms.cli import train_data_paths
+    from pettingllms.config import load_config
+
+    assert train_data_paths(load_config(["training.train_data_path=a.jsonl, b/*.jsonl"])) == ["a.jsonl", "b/*.jsonl"]
+    assert train_data_paths(load_config(["training.train_data_path=[x.jsonl,y.parquet]"])) == ["x.jsonl", "y.parquet"]
+    assert train_data_paths(load_config(["training.run_name=20261121_101500", "training.sft_data_dir=d"])) == [
+        "d/sft_data_20261121_101500.jsonl"]

@@ -121,3 +121,12 @@ def test_a_preset_must_be_a_mapping(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config([f"config={listing}"])
+
+
+def test_text_settings_keep_the_characters_typed():
+    config = load_config(["training.run_name=20261121_221453", "training.sft_config.output_dir=0123",
+                          "training.train_data_path=a.jsonl,b.jsonl", "agents.tool.policy=null"])
+    assert config.training.run_name == "20261121_221453"
+    assert config.training.sft_config.output_dir == "0123"
+    assert config.agents["tool"].policy is None
+    assert load_config(["training.sft_num_episodes=12"]).training.sft_num_episodes == 12

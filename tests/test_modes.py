@@ -86,3 +86,18 @@ def test_collect_only_script_writes_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((tmp_path / "sft_data_scripted_stats.json").read_text())
     assert stats["env_name"] == "math_env" and stats["total_episodes"] == 2
+
+
+@pytest.mark.slow
+def test_collect_and_train_script_trains_on_the_run_it_collected(tmp_path):
+    """Default RUN_NAME is a timestamp: it must stay text (not become a number) end to end."""
+    env = {"POLICY": "expert", "NUM_EPISODES": "2", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
+    result = subprocess.run(["bash", str(REPO / "scripts/sft_train/code_sft_collect_and_train.sh"),
+                             f"training.sft_data_dir={tmp_path / 'data'}", "training.sft_config.max_steps=1",
+                             f"training.sft_config.output_dir={tmp_path / 'model'}"],
+                            capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = list((tmp_path / "data").glob("sft_data_*.jsonl"))
+    assert len(records) == 1 and "_" in records[0].stem.removeprefix("sft_data_")
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
+    assert summary["data_files"] == [str(records[0])]

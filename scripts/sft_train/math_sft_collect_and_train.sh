@@ -4,4 +4,4 @@
 #   NUM_EPISODES=500 GPU_num=4 bash scripts/sft_train/math_sft_collect_and_train.sh training.sft_config.lora_r=32
 source "$(dirname "$0")/common.sh"
 collect env.name=math_env "$@"
-train training.train_data_path="sft_data/sft_data_${RUN_NAME}.jsonl" "$@"
+train training.run_name="$RUN_NAME" "$@"   # trains on this run's records
