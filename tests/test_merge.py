@@ -99,7 +99,7 @@ def test_refuses_to_overwrite_the_adapter_itself(tiny_model, adapter):
 def test_missing_paths_are_one_line_errors(tiny_model, adapter, tmp_path):
     with pytest.raises(UserError, match=f"^No LoRA adapter at '{tmp_path}/nothing': it has no adapter_config.json.$"):
         merge_lora(tiny_model, str(tmp_path / "nothing"), str(tmp_path / "out"))
-    with pytest.raises(ModelNotFoundError, match=f"^Model folder not found: '{tmp_path}/no_base'.$"):
+    with pytest.raises(ModelNotFoundError, match=f"^Model '{tmp_path}/no_base' is neither a local folder"):
         merge_lora(str(tmp_path / "no_base"), str(adapter), str(tmp_path / "out"))
 
 

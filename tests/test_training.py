@@ -204,7 +204,8 @@ def test_error_when_the_tokenizer_has_no_chat_template(tmp_path, tiny_model):
 def test_missing_model_is_a_one_line_error(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(0)])
     missing = str(tmp_path / "no_such_model")
-    with pytest.raises(ModelNotFoundError, match=f"^Model folder not found: '{missing}'.$"):
+    with pytest.raises(ModelNotFoundError, match=f"^Model '{missing}' is neither a local folder nor a Hub id in the "
+                                                 r"local cache\. pettingllms accepts .*nothing is downloaded\.$"):
         run_training(quick_settings(tmp_path / "out", model_name_or_path=missing), [data])
 
 

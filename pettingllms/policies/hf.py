@@ -267,7 +267,7 @@ def find_model_dir(model_path: str) -> str:
     else:
         what = "is neither a local folder nor a Hub id in the local cache"
     raise ModelNotFoundError(
-        f"Model {model_path!r} {what}. The hf policy accepts a local folder with config.json "
+        f"Model {model_path!r} {what}. pettingllms accepts a local folder with config.json "
         f"(from save_pretrained), a LoRA adapter folder (from `pettingllms train`) or a Hub id already downloaded (`hf download ID`); nothing is downloaded."
     )
 

@@ -251,9 +251,8 @@ def load_model(name_or_path: str, dtype: str = "auto") -> Any:
     """A causal LM from a local folder or the local Hub cache; `ModelNotFoundError` if neither has it."""
     from transformers import AutoModelForCausalLM
 
-    _check_model_path(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(local_model_dir(name_or_path), dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"Cannot load model '{name_or_path}': {_first_line(error)}") from None
 
@@ -262,19 +261,21 @@ def load_tokenizer(name_or_path: str) -> Any:
     """The tokenizer saved with a model (or adapter) folder or Hub id."""
     from transformers import AutoTokenizer
 
-    _check_model_path(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(local_model_dir(name_or_path), local_files_only=True)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"Cannot load the tokenizer of '{name_or_path}': {_first_line(error)}") from None
 
 
-def _check_model_path(name_or_path: str) -> None:
-    # A Hub id is "name" or "org/name"; anything else is a local path, which transformers would
-    # otherwise try to look up on the Hub and fail with a confusing message.
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local and not Path(name_or_path).expanduser().is_dir():
-        raise ModelNotFoundError(f"Model folder not found: '{name_or_path}'.")
+def local_model_dir(name_or_path: str) -> str:
+    """The folder to load from: a local model or adapter folder, or a cached Hub id's snapshot.
+
+    Nothing is looked up online: offline, transformers would retry the Hub for a minute
+    before failing on a mistyped path.
+    """
+    from pettingllms.policies.hf import find_model_dir
+
+    return find_model_dir(name_or_path)
 
 
 def resolve_checkpoint(settings: SFTSettings) -> str | None:
