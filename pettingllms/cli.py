@@ -35,8 +35,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.overrides)
     paths = train_data_paths(config)
+    settings = config.training.sft_config
+    if settings.model_name_or_path is None:
+        settings.model_name_or_path = collecting_model(paths)
     summary = _train(config, paths)
-    print(f"Model written to {summary.get('output_dir', config.training.sft_config.output_dir)}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, one line, not one per process
+        print(f"Model written to {summary.get('output_dir', config.training.sft_config.output_dir)}")
     return 0
 
 
@@ -176,6 +180,23 @@ def train_data_paths(config) -> list[str]:
         raise DataError(f"No training data: nothing matches {pattern}. Collect first "
                         "(`pettingllms collect`) or pass training.train_data_path=FILE.")
     return [max(candidates, key=os.path.getmtime)]
+
+
+def collecting_model(paths: list[str]) -> str | None:
+    """The model that collected these records, from the run config saved beside them (if one
+    collected them all and it was a local model): train-only then fine-tunes that model."""
+    models = set()
+    for path in paths:
+        name = Path(path).name
+        if not (name.startswith("sft_data_") and name.endswith(".jsonl")):
+            return None
+        saved = Path(path).with_name(name.removesuffix(".jsonl") + "_config.json")
+        try:
+            policy = json.loads(saved.read_text())["config"]["policy"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        models.add(policy.get("model_path") if policy.get("backend") in ("hf", "openai") else None)
+    return models.pop() if len(models) == 1 else None
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

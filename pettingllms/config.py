@@ -15,6 +15,7 @@ An unknown key is a `ConfigError` that names the key and the nearest valid ones.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -295,6 +296,18 @@ def _validate_training(sft: SFTSettings) -> None:
     _require(sft.learning_rate > 0, f"{key}.learning_rate", sft.learning_rate, "a number > 0")
     _require(0 <= sft.lora_dropout < 1, f"{key}.lora_dropout", sft.lora_dropout, "a number in [0, 1)")
     _require(sft.thinking in ("keep", "strip"), f"{key}.thinking", sft.thinking, "'keep' or 'strip'")
+    _require(sft.lr_scheduler_type in SCHEDULERS, f"{key}.lr_scheduler_type", sft.lr_scheduler_type,
+             ", ".join(SCHEDULERS))
+    for tracker in (name.strip() for name in sft.report_to.split(",")):
+        if tracker not in ("none", "all") and importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"{key}.report_to={tracker!r} needs the {tracker} package: pip install {tracker}")
+
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay")
+"""transformers' learning-rate schedules (`SchedulerType`), listed here so that checking
+a config does not import transformers."""
 
 
 def _validate_policy(key: str, policy: PolicyConfig) -> None:

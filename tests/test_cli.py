@@ -50,3 +50,21 @@ def test_train_data_paths_from_a_list_commas_or_the_run_name():
     assert train_data_paths(load_config(["training.train_data_path=[x.jsonl,y.parquet]"])) == ["x.jsonl", "y.parquet"]
     assert train_data_paths(load_config(["training.run_name=20261121_101500", "training.sft_data_dir=d"])) == [
         "d/sft_data_20261121_101500.jsonl"]
+
+
+def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
+    import json
+
+    from pettingllms.cli import collecting_model
+
+    def collected_by(run, policy):
+        (tmp_path / f"sft_data_{run}.jsonl").write_text("")
+        (tmp_path / f"sft_data_{run}_config.json").write_text(json.dumps({"config": {"policy": policy}}))
+        return str(tmp_path / f"sft_data_{run}.jsonl")
+
+    qwen = collected_by("a", {"backend": "hf", "model_path": "/models/qwen"})
+    assert collecting_model([qwen]) == "/models/qwen"
+    assert collecting_model([qwen, collected_by("b", {"backend": "hf", "model_path": "/models/qwen"})]) == "/models/qwen"
+    assert collecting_model([qwen, collected_by("c", {"backend": "hf", "model_path": "/models/llama"})]) is None
+    assert collecting_model([collected_by("d", {"backend": "expert", "model_path": None})]) is None
+    assert collecting_model([str(tmp_path / "elsewhere.jsonl")]) is None

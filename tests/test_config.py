@@ -130,3 +130,12 @@ def test_text_settings_keep_the_characters_typed():
     assert config.training.sft_config.output_dir == "0123"
     assert config.agents["tool"].policy is None
     assert load_config(["training.sft_num_episodes=12"]).training.sft_num_episodes == 12
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.sft_config.lr_scheduler_type=bogus", r"lr_scheduler_type='bogus' is invalid; expected linear, cosine"),
+    ("training.sft_config.report_to=surely_not_installed_tracker", r"needs the surely_not_installed_tracker package"),
+])
+def test_training_settings_are_checked_before_anything_runs(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([override])

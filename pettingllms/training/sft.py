@@ -86,6 +86,7 @@ def train_model(
     started = time.monotonic()
     checkpoint = resolve_checkpoint(settings)
     model_path = resolve_model_path(settings.model_name_or_path)
+    _print_main(f"[pettingllms] Training {model_path} ({'LoRA adapter' if settings.use_lora else 'full fine-tune'}).")
     model, tokenizer = load_model(model_path, dtype="float32"), load_tokenizer(model_path)
     train, evaluation, dropped = build_datasets(settings, records, eval_records, tokenizer)
     trainer = build_trainer(settings, model, tokenizer, train, evaluation)
@@ -134,14 +135,20 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
         )
     has_eval = evaluation is not None
     config = build_sft_config(settings, has_eval=has_eval, assistant_mask=uses_assistant_mask(tokenizer))
-    return SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=build_lora_config(settings),
-    )
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    try:
+        return SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=build_lora_config(settings),
+        )
+    except NoMatchingPeftModuleError as error:
+        raise ConfigError(f"training.sft_config.lora_target_modules={settings.lora_target_modules!r}: "
+                          f"{_first_line(error)}") from None
 
 
 # ---------------------------------------------------------------- configs
