@@ -28,7 +28,14 @@ from omegaconf.errors import OmegaConfBaseException
 from pettingllms.exceptions import ConfigError
 from pettingllms.training.config import SFTSettings
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _config_dir() -> Path:
+    """configs/ of the repository (an editable install), else the copy installed with the package."""
+    package = Path(__file__).resolve().parent
+    repository = package.parent / "configs"
+    return repository if repository.is_dir() else package / "configs"
+
+
+CONFIG_DIR = _config_dir()
 GROUPS = ("env", "policy")
 """Names that select a YAML file when given without a dot: `policy=expert`, `env=sokoban`."""
 
