@@ -82,6 +82,7 @@ def test_tokenizer_comes_from_the_base_when_the_adapter_has_none(tiny_model, ada
 def test_refuses_a_non_empty_output_unless_overwrite(tiny_model, adapter, tmp_path):
     output = tmp_path / "merged"
     output.mkdir()
+    (output / "config.json").write_text("{}")  # an earlier merged model
     (output / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match=f"^Output folder '{output}' is not empty; pass overwrite=True"):
         merge_lora(tiny_model, str(adapter), str(output))
@@ -120,3 +121,12 @@ def test_training_with_merge_lora_writes_a_merged_model(tiny_model, tmp_path):
     summary = run_training(settings, [str(data)])
     assert summary["merged_model"] == str(tmp_path / "out" / "merged")
     assert AutoModelForCausalLM.from_pretrained(summary["merged_model"]).config.model_type == "qwen2"
+
+
+def test_overwrite_replaces_a_model_folder_but_never_an_arbitrary_one(tiny_model, adapter, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match="holds no model .*--overwrite only replaces a model folder"):
+        merge_lora(tiny_model, str(adapter), str(precious), overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
