@@ -48,7 +48,13 @@ def make_record(episode: Episode, turn: dict[str, Any]) -> Record:
 
 @dataclass
 class RecordFilter:
-    """Decides which turns become records; remembers what it kept (dedup, caps) and why it dropped the rest."""
+    """Decides which turns become records; remembers what it kept (dedup, caps) and why it dropped the rest.
+
+    Dedup and the per-task cap keep the first records that arrive, and episodes finish in
+    whatever order the concurrent workers end them: with either on, which duplicate is
+    kept may differ between two runs of the same config (how many are kept does not for
+    dedup).
+    """
 
     only_success: bool = True
     collect_mode: str = "env"
