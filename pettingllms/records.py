@@ -51,9 +51,9 @@ class RecordFilter:
     """Decides which turns become records; remembers what it kept (dedup, caps) and why it dropped the rest.
 
     Dedup and the per-task cap keep the first records that arrive, and episodes finish in
-    whatever order the concurrent workers end them: with either on, which duplicate is
-    kept may differ between two runs of the same config (how many are kept does not for
-    dedup).
+    whatever order the concurrent workers end them: with either on, which of two equal or
+    surplus records is kept may differ between two runs of the same config; how many are
+    kept, and so the stats, do not.
     """
 
     only_success: bool = True
