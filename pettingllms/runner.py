@@ -199,6 +199,8 @@ async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict
                 break
     except PolicyError as error:
         episode["error"] = {"kind": error.kind, "message": str(error)}
+    except UserError:
+        raise  # a setup mistake (a model that cannot load...): stop the run with its one-line message
     except Exception as error:  # a bug in an env or a backend must cost one episode, not the whole run
         episode["error"] = {"kind": f"{stage}_error", "message": f"{type(error).__name__}: {error}"}
         where = "the environment" if stage == "env" else "the policy"
@@ -341,9 +343,10 @@ class Collector:
 
     def prepare(self) -> list[EpisodeSpec]:
         """Resume what is on disk and return the episodes still to run."""
-        check_resume(self.files, self.config)
-        self.token_counter.load()
         done = read_ledger(self.files.rollouts)
+        if done:  # a run that finished no episode may restart with other settings
+            check_resume(self.files, self.config)
+        self.token_counter.load()
         if done:
             print(f"Resuming run '{self.files.run_name}': {len(done)} episodes already collected.", file=sys.stderr)
         plan = plan_episodes(self.config)

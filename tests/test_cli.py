@@ -68,3 +68,21 @@ def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
     assert collecting_model([qwen, collected_by("c", {"backend": "hf", "model_path": "/models/llama"})]) is None
     assert collecting_model([collected_by("d", {"backend": "expert", "model_path": None})]) is None
     assert collecting_model([str(tmp_path / "elsewhere.jsonl")]) is None
+
+
+def test_a_model_that_cannot_load_stops_the_run_with_one_line_and_the_run_can_restart(tmp_path):
+    import shutil
+
+    from pettingllms.tiny_model import tiny_model_path
+
+    broken = tmp_path / "broken_model"
+    shutil.copytree(tiny_model_path(), broken)
+    (broken / "model.safetensors").write_text("not weights")
+    args = ("collect", "policy=hf", "training.sft_num_episodes=2", "training.run_name=r", "env.max_turns=1",
+            "policy.max_tokens=8", f"training.sft_data_dir={tmp_path / 'data'}")
+    failed = run_cli(*args, f"policy.model_path={broken}", cwd=tmp_path)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert f"error: Could not load model '{broken}'" in failed.stderr
+    fixed = run_cli(*args, cwd=tmp_path)  # same run name, the working (tiny) model
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert "2 episodes" in fixed.stdout

@@ -260,7 +260,7 @@ def load_model(name_or_path: str, dtype: str = "auto") -> Any:
 
     try:
         return AutoModelForCausalLM.from_pretrained(local_model_dir(name_or_path), dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
         raise ModelNotFoundError(f"Cannot load model '{name_or_path}': {_first_line(error)}") from None
 
 
@@ -270,7 +270,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(local_model_dir(name_or_path), local_files_only=True)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
         raise ModelNotFoundError(f"Cannot load the tokenizer of '{name_or_path}': {_first_line(error)}") from None
 
 
