@@ -54,8 +54,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.training.run_sft_training:
         print("training.run_sft_training=false: collected only.")
         return 0
-    _train(config, [str(result.files.records)])
+    _train(config, [str(result.files.records)], trained_policies(config))
     return 0
+
+
+def trained_policies(config) -> dict[str, str | None]:
+    """{policy name: its model} for the policies that play trainable agents, when more than one
+    does (role-specialized agents): `run` then trains one adapter per policy, on its own model."""
+    from pettingllms.config import policies_by_name
+    from pettingllms.envs import env_class
+
+    named = policies_by_name(config)
+    used = set()
+    for agent in env_class(config.env.name).possible_agents:
+        settings = config.agents.get(agent)
+        if settings is None or settings.trainable:
+            used.add((settings.policy if settings else None) or config.policy.name)
+    if len(used) < 2:
+        return {}
+    # A policy with no model of its own (an expert, a hosted API) trains the shared default model.
+    return {name: named[name].model_path if named[name].backend in ("hf", "openai") else None for name in used}
 
 
 def cmd_quick_test(args: argparse.Namespace) -> int:
@@ -151,18 +169,22 @@ def exit_status(result) -> int:
     return 128 + result.stopped_by if result.interrupted else 0
 
 
-def _train(config, paths: list[str]) -> dict[str, Any]:
+def _train(config, paths: list[str], policy_models: dict[str, str] | None = None) -> dict[str, Any]:
     from pettingllms.runner import training_model_path
     from pettingllms.training.sft import run_training
 
     settings = config.training.sft_config
+    if policy_models and not settings.per_policy:
+        print("Role-specialized agents: training one adapter per policy (training.sft_config.per_policy=true).")
+        settings.per_policy = True
     if settings.model_name_or_path is None:
         settings.model_name_or_path = training_model_path(config)
         if config.policy.backend == "openai" and not config.policy.model_path:
             print(f"warning: training {settings.model_name_or_path}, not the served model: set "
                   "training.sft_config.model_name_or_path (or policy.model_path) to the model's folder.",
                   file=sys.stderr)
-    return run_training(settings, paths)
+    models = {name: model for name, model in (policy_models or {}).items() if model}
+    return run_training(settings, paths, models)
 
 
 def train_data_paths(config) -> list[str]:

@@ -101,3 +101,14 @@ def test_collect_and_train_script_trains_on_the_run_it_collected(tmp_path):
     assert len(records) == 1 and "_" in records[0].stem.removeprefix("sft_data_")
     summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
     assert summary["data_files"] == [str(records[0])]
+
+
+@pytest.mark.slow
+def test_run_with_role_specialized_agents_trains_one_adapter_per_policy(tmp_path):
+    result = run_cli("run", "policy=expert", "policies.teacher.backend=expert", "agents.tool.policy=teacher",
+                     "env.name=sudoku", "training.sft_num_episodes=3", "training.sft_data_dir=data",
+                     "training.sft_config.max_steps=1", "training.sft_config.output_dir=model", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one adapter per policy" in result.stdout
+    for policy in ("expert", "teacher"):  # the planner's shared policy is named 'expert' by configs/policy/expert.yaml
+        assert (tmp_path / "model" / policy / "adapter_config.json").is_file()

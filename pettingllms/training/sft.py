@@ -45,11 +45,14 @@ SUMMARY_FILE = "training_summary.json"
 # ---------------------------------------------------------------- the stage
 
 
-def run_training(settings: SFTSettings, data_paths: list[str]) -> dict[str, Any]:
+def run_training(settings: SFTSettings, data_paths: list[str],
+                 policy_models: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on the records in `data_paths` (files or globs); return the training summary.
 
     Writes the adapter (or full model), tokenizer, training args and `training_summary.json`
-    to `settings.output_dir`; with `per_policy`, one such folder per policy inside it.
+    to `settings.output_dir`; with `per_policy`, one such folder per policy inside it, each
+    trained from `policy_models[policy]` when given (role-specialized agents on different
+    models), else from `settings.model_name_or_path`.
     """
     settings = _as_settings(settings)
     records, report = select_records(read_records(data_paths), settings)
@@ -61,7 +64,9 @@ def run_training(settings: SFTSettings, data_paths: list[str]) -> dict[str, Any]
     summaries = {}
     for policy, group in group_by_policy(records).items():
         _print_main(f"[pettingllms] Policy '{policy}': {len(group)} records.")
-        policy_settings = dataclasses.replace(settings, output_dir=str(Path(settings.output_dir) / policy))
+        model = (policy_models or {}).get(policy) or settings.model_name_or_path
+        policy_settings = dataclasses.replace(settings, output_dir=str(Path(settings.output_dir) / policy),
+                                              model_name_or_path=model)
         policy_eval = [r for r in eval_records if r["metadata"].get("policy_name") == policy]
         summaries[policy] = train_model(policy_settings, group, policy_eval, sources)
     summary = {"output_dir": settings.output_dir, "per_policy": summaries}
