@@ -61,15 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def trained_policies(config) -> dict[str, str | None]:
     """{policy name: its model} for the policies that play trainable agents, when more than one
     does (role-specialized agents): `run` then trains one adapter per policy, on its own model."""
-    from pettingllms.config import policies_by_name
+    from pettingllms.config import policies_by_name, policy_of
     from pettingllms.envs import env_class
 
     named = policies_by_name(config)
-    used = set()
-    for agent in env_class(config.env.name).possible_agents:
-        settings = config.agents.get(agent)
-        if settings is None or settings.trainable:
-            used.add((settings.policy if settings else None) or config.policy.name)
+    trainable = [agent for agent in env_class(config.env.name).possible_agents
+                 if agent not in config.agents or config.agents[agent].trainable]
+    used = {policy_of(config, agent) for agent in trainable}
     if len(used) < 2:
         return {}
     # A policy with no model of its own (an expert, a hosted API) trains the shared default model.

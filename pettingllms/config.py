@@ -345,6 +345,12 @@ def policies_by_name(config: Config) -> dict[str, PolicyConfig]:
     return named
 
 
+def policy_of(config: Config, agent: str) -> str:
+    """The name of the policy that plays `agent`: its own `agents.<agent>.policy`, else the shared one."""
+    settings = config.agents.get(agent)
+    return (settings.policy if settings else None) or config.policy.name
+
+
 def to_dict(config: Config) -> dict[str, Any]:
     """A plain, JSON-ready copy of the config."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)

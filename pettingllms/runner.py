@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pettingllms import envs
-from pettingllms.config import Config, policies_by_name, to_dict
+from pettingllms.config import Config, policies_by_name, policy_of, to_dict
 from pettingllms.exceptions import ConfigError, DataError, PolicyError, ResumeMismatchError, UserError
 from pettingllms.policies import GenerationRequest, Policy, SamplingParams, build_policy, sampling_for
 from pettingllms.policies.expert import ExpertPolicy
@@ -150,7 +150,7 @@ def build_agent_slots(config: Config, possible_agents: tuple[str, ...]) -> dict[
     slots = {}
     for agent in possible_agents:
         settings = config.agents.get(agent)
-        policy_name = (settings.policy if settings else None) or config.policy.name
+        policy_name = policy_of(config, agent)
         if policy_name not in built:
             built[policy_name] = build_policy(policy_name, named[policy_name], seed=config.training.seed)
         slots[agent] = AgentSlot(built[policy_name], sampling_for(named[policy_name], settings),
