@@ -263,8 +263,9 @@ def load_model(name_or_path: str, dtype: str = "auto") -> Any:
     """A causal LM from a local folder or the local Hub cache; `ModelNotFoundError` if neither has it."""
     from transformers import AutoModelForCausalLM
 
+    folder = local_model_dir(name_or_path)  # says itself, in one line, when there is nothing to load
     try:
-        return AutoModelForCausalLM.from_pretrained(local_model_dir(name_or_path), dtype=dtype, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
         raise ModelNotFoundError(f"Cannot load model '{name_or_path}': {_first_line(error)}") from None
 
@@ -273,8 +274,9 @@ def load_tokenizer(name_or_path: str) -> Any:
     """The tokenizer saved with a model (or adapter) folder or Hub id."""
     from transformers import AutoTokenizer
 
+    folder = local_model_dir(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(local_model_dir(name_or_path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
         raise ModelNotFoundError(f"Cannot load the tokenizer of '{name_or_path}': {_first_line(error)}") from None
 
