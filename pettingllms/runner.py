@@ -597,4 +597,4 @@ def _restore_handlers(previous: dict[int, Any]) -> None:
         signal.signal(number, handler)
 
 
-__all__ = ["CollectResult", "RunFiles", "collect", "plan_episodes", "make_env", "read_ledger", "UserError"]
+__all__ = ["CollectResult", "RunFiles", "collect", "plan_episodes", "make_env", "read_ledger"]

@@ -93,7 +93,7 @@ def test_an_exception_inside_an_env_costs_one_episode_not_the_run(capsys):
     """A deliberately broken env (a test double: no registered env raises on purpose)."""
     import asyncio
 
-    from pettingllms.envs import TurnBasedTextEnv, TurnResult
+    from pettingllms.envs import TurnBasedTextEnv
     from pettingllms.policies.expert import ExpertPolicy
     from pettingllms.policies.base import SamplingParams
     from pettingllms.runner import AgentSlot, EpisodeSpec, run_episode

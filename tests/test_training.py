@@ -17,7 +17,6 @@ import pytest
 
 from pettingllms.exceptions import ModelNotFoundError
 from pettingllms.training.config import SFTSettings
-from pettingllms.training.data import read_records
 from pettingllms.training.sft import build_datasets, build_trainer, load_model, load_tokenizer, run_training
 from pettingllms.tiny_model import tiny_model_path
 

@@ -287,7 +287,6 @@ def cached_hub_snapshot(name: str) -> str | None:
 
 def load_model(path: str, device: str, dtype: str) -> tuple[Any, Any]:
     """Load tokenizer and model from the local files only, on `device`, in eval mode."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
