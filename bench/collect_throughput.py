@@ -20,18 +20,29 @@ from pettingllms.runner import collect
 
 def measure(env: str, policy: str, concurrency: int, episodes: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        overrides = [f"env.name={env}", f"policy={policy}", f"training.sft_num_episodes={episodes}",
-                     f"training.rollout_concurrency={concurrency}", f"training.sft_data_dir={folder}",
-                     "training.run_name=bench"]
+        overrides = [
+            f"env.name={env}",
+            f"policy={policy}",
+            f"training.sft_num_episodes={episodes}",
+            f"training.rollout_concurrency={concurrency}",
+            f"training.sft_data_dir={folder}",
+            "training.run_name=bench",
+        ]
         if policy == "hf":
             overrides += ["policy.max_tokens=32", "env.max_turns=1"]
         started = time.perf_counter()
         stats = collect(load_config(overrides)).stats
         elapsed = time.perf_counter() - started
     turns = stats["total_records"]
-    return {"env": env, "policy": policy, "concurrency": concurrency, "episodes": stats["total_episodes"],
-            "seconds": round(elapsed, 2), "episodes_per_s": round(stats["total_episodes"] / elapsed, 2),
-            "turns_per_s": round(turns / elapsed, 2)}
+    return {
+        "env": env,
+        "policy": policy,
+        "concurrency": concurrency,
+        "episodes": stats["total_episodes"],
+        "seconds": round(elapsed, 2),
+        "episodes_per_s": round(stats["total_episodes"] / elapsed, 2),
+        "turns_per_s": round(turns / elapsed, 2),
+    }
 
 
 def main() -> None:

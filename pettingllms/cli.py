@@ -18,8 +18,10 @@ from typing import Any
 
 from pettingllms.exceptions import DataError, UserError
 
-OVERRIDES_HELP = ("key=value overrides, e.g. env.name=sokoban policy=expert training.sft_num_episodes=50; "
-                  "`pettingllms keys` lists every key")
+OVERRIDES_HELP = (
+    "key=value overrides, e.g. env.name=sokoban policy=expert training.sft_num_episodes=50; "
+    "`pettingllms keys` lists every key"
+)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -65,8 +67,11 @@ def trained_policies(config) -> dict[str, str | None]:
     from pettingllms.envs import env_class
 
     named = policies_by_name(config)
-    trainable = [agent for agent in env_class(config.env.name).possible_agents
-                 if agent not in config.agents or config.agents[agent].trainable]
+    trainable = [
+        agent
+        for agent in env_class(config.env.name).possible_agents
+        if agent not in config.agents or config.agents[agent].trainable
+    ]
     used = {policy_of(config, agent) for agent in trainable}
     if len(used) < 2:
         return {}
@@ -96,8 +101,16 @@ def cmd_envs(args: argparse.Namespace) -> int:
         except ImportError as error:
             rows.append((name, gym_id, f"(unavailable: {error})", "", "", ""))
             continue
-        rows.append((name, gym_id, ", ".join(cls.possible_agents), cls.task_source,
-                     "yes" if cls.has_expert else "no", str(cls.default_max_turns)))
+        rows.append(
+            (
+                name,
+                gym_id,
+                ", ".join(cls.possible_agents),
+                cls.task_source,
+                "yes" if cls.has_expert else "no",
+                str(cls.default_max_turns),
+            )
+        )
     print_table(rows)
     return 0
 
@@ -145,20 +158,30 @@ def _collect(config):
 
     result = collect(config)
     stats = result.stats
-    print(f"{stats['total_episodes']} episodes, {stats['successful_episodes']} successful "
-          f"(success rate {stats['success_rate']:.2f}), {stats['kept_records']} records kept, "
-          f"{stats['error_episodes']} errors.")
+    print(
+        f"{stats['total_episodes']} episodes, {stats['successful_episodes']} successful "
+        f"(success rate {stats['success_rate']:.2f}), {stats['kept_records']} records kept, "
+        f"{stats['error_episodes']} errors."
+    )
     if stats["total_episodes"] and stats["successful_episodes"] == 0 and config.training.only_success:
-        print("No episode succeeded, so nothing is kept (training.only_success=true); "
-              "a tiny or untrained model is expected to score zero.")
-    for label, path in (("records", result.files.records), ("stats", result.files.stats),
-                        ("rollouts", result.files.rollouts)):
+        print(
+            "No episode succeeded, so nothing is kept (training.only_success=true); "
+            "a tiny or untrained model is expected to score zero."
+        )
+    for label, path in (
+        ("records", result.files.records),
+        ("stats", result.files.stats),
+        ("rollouts", result.files.rollouts),
+    ):
         print(f"  {label:9s}{path}")
     if result.interrupted:
         # The run is over and its files are whole; more Ctrl-C presses must not turn the exit into a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"Interrupted. Finished episodes are saved; resume with the same command plus "
-              f"training.run_name={result.files.run_name}", file=sys.stderr)
+        print(
+            f"Interrupted. Finished episodes are saved; resume with the same command plus "
+            f"training.run_name={result.files.run_name}",
+            file=sys.stderr,
+        )
     return result
 
 
@@ -178,9 +201,11 @@ def _train(config, paths: list[str], policy_models: dict[str, str] | None = None
     if settings.model_name_or_path is None:
         settings.model_name_or_path = training_model_path(config)
         if config.policy.backend == "openai" and not config.policy.model_path:
-            print(f"warning: training {settings.model_name_or_path}, not the served model: set "
-                  "training.sft_config.model_name_or_path (or policy.model_path) to the model's folder.",
-                  file=sys.stderr)
+            print(
+                f"warning: training {settings.model_name_or_path}, not the served model: set "
+                "training.sft_config.model_name_or_path (or policy.model_path) to the model's folder.",
+                file=sys.stderr,
+            )
     models = {name: model for name, model in (policy_models or {}).items() if model}
     return run_training(settings, paths, models)
 
@@ -197,8 +222,10 @@ def train_data_paths(config) -> list[str]:
     pattern = os.path.join(config.training.sft_data_dir, "sft_data_*.jsonl")
     candidates = glob.glob(pattern)
     if not candidates:
-        raise DataError(f"No training data: nothing matches {pattern}. Collect first "
-                        "(`pettingllms collect`) or pass training.train_data_path=FILE.")
+        raise DataError(
+            f"No training data: nothing matches {pattern}. Collect first "
+            "(`pettingllms collect`) or pass training.train_data_path=FILE."
+        )
     return [max(candidates, key=os.path.getmtime)]
 
 
@@ -230,8 +257,10 @@ def print_summary_table(stats: dict[str, Any], summary: dict[str, Any], files) -
     loss = f"{first:.4f} -> {last:.4f}" if first is not None and last is not None else str(last)
     rows = [
         ("episodes", str(stats["total_episodes"])),
-        ("success rate", f"{stats['success_rate']:.2f} ({stats['successful_episodes']} ok, "
-                         f"{stats['failed_episodes']} failed)"),
+        (
+            "success rate",
+            f"{stats['success_rate']:.2f} ({stats['successful_episodes']} ok, {stats['failed_episodes']} failed)",
+        ),
         ("records kept", f"{stats['kept_records']} of {stats['total_records']} turns"),
         ("train loss", loss),
         ("data", str(files.records)),

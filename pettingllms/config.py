@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pettingllms.exceptions import ConfigError
 from pettingllms.training.config import SFTSettings
 
+
 def _config_dir() -> Path:
     """configs/ of the repository (an editable install), else the copy installed with the package."""
     package = Path(__file__).resolve().parent
@@ -50,7 +51,9 @@ def _help(text: str, default: Any = None, factory: Any = None) -> Any:
 class EnvConfig:
     name: str = _help("Registered environment (see `pettingllms envs`).", "sokoban")
     max_turns: int | None = _help("Rounds per episode (each agent replies once a round); None = the env's default.")
-    dataset: str | None = _help("Task source for dataset envs: 'humaneval', 'generated', or a local JSONL/Parquet path.")
+    dataset: str | None = _help(
+        "Task source for dataset envs: 'humaneval', 'generated', or a local JSONL/Parquet path."
+    )
     shuffle: bool = _help("Walk the dataset in a seeded random order instead of file order.", False)
     split: str = _help("'train' or 'test': the two use seed ranges that never overlap.", "train")
     kwargs: dict[str, Any] = _help("Other constructor arguments of the env, e.g. env.kwargs.num_boxes=2.", factory=dict)
@@ -60,8 +63,10 @@ class EnvConfig:
 class PolicyConfig:
     name: str = _help("The policy_name written into records.", "shared_model")
     backend: str = _help("'hf' (local transformers model), 'openai' (OpenAI-compatible server) or 'expert'.", "hf")
-    model_path: str | None = _help("hf: model folder or cached Hub id (None = the tiny built-in model). "
-                                   "openai completions mode: the tokenizer to render the chat template.")
+    model_path: str | None = _help(
+        "hf: model folder or cached Hub id (None = the tiny built-in model). "
+        "openai completions mode: the tokenizer to render the chat template."
+    )
     error_rate: float = _help("expert: share of episodes the expert plays wrong, so runs contain failures.", 0.0)
     device: str = _help("hf: 'auto', 'cpu', 'cuda', 'cuda:1'...", "auto")
     dtype: str = _help("hf: 'auto', 'float32', 'bfloat16', 'float16'.", "auto")
@@ -69,14 +74,18 @@ class PolicyConfig:
     base_url: str | None = _help("openai: server URL, e.g. http://127.0.0.1:8000/v1.")
     base_urls: list[str] = _help("openai: several server URLs; requests are spread across them.", factory=list)
     model: str | None = _help("openai: the model name the server knows.")
-    api_key_env: str | None = _help("openai: the environment variable holding the API key (never written to "
-                                    "files); None sends no key, as local servers expect.")
+    api_key_env: str | None = _help(
+        "openai: the environment variable holding the API key (never written to "
+        "files); None sends no key, as local servers expect."
+    )
     mode: str = _help("openai: 'chat' (server applies the template) or 'completions' (applied here).", "chat")
     max_concurrency: int = _help("openai: most requests in flight at once.", 32)
-    balance: str = _help("openai: how requests spread over base_urls: 'least_in_flight' or 'round_robin'.",
-                         "least_in_flight")
-    extra_body: dict[str, Any] = _help("openai: more fields for every request body (server-specific options).",
-                                       factory=dict)
+    balance: str = _help(
+        "openai: how requests spread over base_urls: 'least_in_flight' or 'round_robin'.", "least_in_flight"
+    )
+    extra_body: dict[str, Any] = _help(
+        "openai: more fields for every request body (server-specific options).", factory=dict
+    )
     timeout_s: float = _help("openai: read timeout of one request, seconds.", 120.0)
     connect_timeout_s: float = _help("openai: connect timeout, seconds.", 10.0)
     max_retries: int = _help("openai: retries on 429/5xx/timeouts/connection errors, with backoff.", 4)
@@ -187,8 +196,9 @@ def _parse_dotted(dotted: list[str]):
 def _is_text_key(key: str) -> bool:
     """Whether the schema types `key` as text (str or str | None)."""
     declared = _declared_type(key)
-    return declared is str or (get_origin(declared) in (Union, UnionType)
-                               and set(get_args(declared)) == {str, type(None)})
+    return declared is str or (
+        get_origin(declared) in (Union, UnionType) and set(get_args(declared)) == {str, type(None)}
+    )
 
 
 def _declared_type(key: str) -> Any:
@@ -269,57 +279,95 @@ def validate(config: Config) -> None:
     """Check values that types alone cannot; raise ConfigError naming the key."""
     training = config.training
     _require(training.sft_num_episodes > 0, "training.sft_num_episodes", training.sft_num_episodes, "an integer > 0")
-    _require(training.num_samples_per_task > 0, "training.num_samples_per_task", training.num_samples_per_task,
-             "an integer > 0")
-    _require(training.rollout_concurrency > 0, "training.rollout_concurrency", training.rollout_concurrency,
-             "an integer > 0")
-    _require(training.collect_mode in ("env", "agent"), "training.collect_mode", training.collect_mode,
-             "'env' or 'agent'")
+    _require(
+        training.num_samples_per_task > 0,
+        "training.num_samples_per_task",
+        training.num_samples_per_task,
+        "an integer > 0",
+    )
+    _require(
+        training.rollout_concurrency > 0, "training.rollout_concurrency", training.rollout_concurrency, "an integer > 0"
+    )
+    _require(
+        training.collect_mode in ("env", "agent"), "training.collect_mode", training.collect_mode, "'env' or 'agent'"
+    )
     _require(config.env.split in ("train", "test"), "env.split", config.env.split, "'train' or 'test'")
-    _require(config.env.max_turns is None or config.env.max_turns > 0, "env.max_turns", config.env.max_turns,
-             "an integer > 0")
+    _require(
+        config.env.max_turns is None or config.env.max_turns > 0,
+        "env.max_turns",
+        config.env.max_turns,
+        "an integer > 0",
+    )
     if training.max_records_per_task is not None:
-        _require(training.max_records_per_task > 0, "training.max_records_per_task",
-                 training.max_records_per_task, "an integer > 0")
+        _require(
+            training.max_records_per_task > 0,
+            "training.max_records_per_task",
+            training.max_records_per_task,
+            "an integer > 0",
+        )
     if training.run_name is not None:
-        _require(bool(training.run_name) and os.sep not in training.run_name and training.run_name not in (".", ".."),
-                 "training.run_name", training.run_name, "a plain file-name part without '/'")
+        _require(
+            bool(training.run_name) and os.sep not in training.run_name and training.run_name not in (".", ".."),
+            "training.run_name",
+            training.run_name,
+            "a plain file-name part without '/'",
+        )
     _validate_policy("policy", config.policy)
     for name, policy in config.policies.items():
         _validate_policy(f"policies.{name}", policy)
     _validate_training(training.sft_config)
     for agent, settings in config.agents.items():
         if settings.policy is not None and settings.policy not in policies_by_name(config):
-            raise ConfigError(f"agents.{agent}.policy='{settings.policy}' is not a policy. "
-                              f"Defined: {', '.join(policies_by_name(config))} (add it under policies.<name>).")
+            raise ConfigError(
+                f"agents.{agent}.policy='{settings.policy}' is not a policy. "
+                f"Defined: {', '.join(policies_by_name(config))} (add it under policies.<name>)."
+            )
 
 
 def _validate_training(sft: SFTSettings) -> None:
     key = "training.sft_config"
-    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
-                 "max_seq_length", "logging_steps"):
+    for name in (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "lora_r",
+        "lora_alpha",
+        "max_seq_length",
+        "logging_steps",
+    ):
         _require(getattr(sft, name) > 0, f"{key}.{name}", getattr(sft, name), "an integer > 0")
     _require(sft.num_train_epochs > 0, f"{key}.num_train_epochs", sft.num_train_epochs, "a number > 0")
     _require(sft.learning_rate > 0, f"{key}.learning_rate", sft.learning_rate, "a number > 0")
     _require(0 <= sft.lora_dropout < 1, f"{key}.lora_dropout", sft.lora_dropout, "a number in [0, 1)")
     _require(sft.thinking in ("keep", "strip"), f"{key}.thinking", sft.thinking, "'keep' or 'strip'")
-    _require(sft.lr_scheduler_type in SCHEDULERS, f"{key}.lr_scheduler_type", sft.lr_scheduler_type,
-             ", ".join(SCHEDULERS))
+    _require(
+        sft.lr_scheduler_type in SCHEDULERS, f"{key}.lr_scheduler_type", sft.lr_scheduler_type, ", ".join(SCHEDULERS)
+    )
     for tracker in (name.strip() for name in sft.report_to.split(",")):
         if tracker not in ("none", "all") and importlib.util.find_spec(tracker) is None:
             raise ConfigError(f"{key}.report_to={tracker!r} needs the {tracker} package: pip install {tracker}")
 
 
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-              "warmup_stable_decay")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
 """transformers' learning-rate schedules (`SchedulerType`), listed here so that checking
 a config does not import transformers."""
 
 
 def _validate_policy(key: str, policy: PolicyConfig) -> None:
-    _require(policy.backend in ("hf", "openai", "expert"), f"{key}.backend", policy.backend,
-             "'hf', 'openai' or 'expert'")
+    _require(
+        policy.backend in ("hf", "openai", "expert"), f"{key}.backend", policy.backend, "'hf', 'openai' or 'expert'"
+    )
     _require(0.0 <= policy.error_rate <= 1.0, f"{key}.error_rate", policy.error_rate, "a number in [0, 1]")
     _require(policy.mode in ("chat", "completions"), f"{key}.mode", policy.mode, "'chat' or 'completions'")
     _require(policy.max_tokens > 0, f"{key}.max_tokens", policy.max_tokens, "an integer > 0")
@@ -327,10 +375,18 @@ def _validate_policy(key: str, policy: PolicyConfig) -> None:
     _require(0 < policy.top_p <= 1, f"{key}.top_p", policy.top_p, "a number in (0, 1]")
     _require(policy.max_concurrency > 0, f"{key}.max_concurrency", policy.max_concurrency, "an integer > 0")
     _require(policy.max_retries >= 0, f"{key}.max_retries", policy.max_retries, "an integer >= 0")
-    _require(policy.timeout_s > 0 and policy.connect_timeout_s > 0, f"{key}.timeout_s/connect_timeout_s",
-             (policy.timeout_s, policy.connect_timeout_s), "numbers > 0")
-    _require(policy.balance in ("least_in_flight", "round_robin"), f"{key}.balance", policy.balance,
-             "'least_in_flight' or 'round_robin'")
+    _require(
+        policy.timeout_s > 0 and policy.connect_timeout_s > 0,
+        f"{key}.timeout_s/connect_timeout_s",
+        (policy.timeout_s, policy.connect_timeout_s),
+        "numbers > 0",
+    )
+    _require(
+        policy.balance in ("least_in_flight", "round_robin"),
+        f"{key}.balance",
+        policy.balance,
+        "'least_in_flight' or 'round_robin'",
+    )
 
 
 def _require(ok: bool, key: str, value: Any, accepted: str) -> None:

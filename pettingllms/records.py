@@ -105,8 +105,13 @@ def summarize_lengths(values: list[int]) -> dict[str, float]:
         return {"min": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 1), "p50": pick(0.5),
-            "p95": pick(0.95), "max": ordered[-1]}
+    return {
+        "min": ordered[0],
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p50": pick(0.5),
+        "p95": pick(0.95),
+        "max": ordered[-1],
+    }
 
 
 @dataclass
@@ -158,14 +163,16 @@ class CollectionStats:
             "total_records": self.turns,
             "kept_records": self.kept,
             "invalid_actions": self.invalid_actions,
-            "per_agent": {agent: {"collected": c["collected"], "kept": c["kept"]}
-                          for agent, c in sorted(self.per_agent.items())},
+            "per_agent": {
+                agent: {"collected": c["collected"], "kept": c["kept"]} for agent, c in sorted(self.per_agent.items())
+            },
             "removed": dict(sorted(removed.items())),
             "errors": dict(sorted(self.errors.items())),
             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
             "wall_time_s": round(wall_time_s, 3),
             "episodes_per_s": round(self.episodes / wall_time_s, 3) if wall_time_s > 0 else 0.0,
             "kept_record_chars": summarize_lengths(self.record_chars),
-            "kept_record_tokens": ({"tokenizer": tokenizer_name, **summarize_lengths(self.record_tokens)}
-                                   if tokenizer_name else None),
+            "kept_record_tokens": (
+                {"tokenizer": tokenizer_name, **summarize_lengths(self.record_tokens)} if tokenizer_name else None
+            ),
         }

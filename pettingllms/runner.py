@@ -22,11 +22,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pettingllms import envs
 from pettingllms.config import Config, policies_by_name, policy_of, to_dict
@@ -119,7 +120,9 @@ def make_env(config: Config) -> envs.TurnBasedTextEnv:
     accepted = [p for p in inspect.signature(envs.env_class(name).__init__).parameters if p != "self"]
     unknown = [key for key in config.env.kwargs if key not in accepted]
     if unknown:
-        raise ConfigError(f"env.kwargs.{unknown[0]} is not an argument of env '{name}'; it takes: {', '.join(accepted)}.")
+        raise ConfigError(
+            f"env.kwargs.{unknown[0]} is not an argument of env '{name}'; it takes: {', '.join(accepted)}."
+        )
     reserved = [key for key in config.env.kwargs if key in ("max_turns", "dataset", "shuffle", "split")]
     if reserved:
         raise ConfigError(f"env.kwargs.{reserved[0]}: set it as env.{reserved[0]} instead.")
@@ -143,8 +146,10 @@ def build_agent_slots(config: Config, possible_agents: tuple[str, ...]) -> dict[
     """Map every agent of the env to its policy and sampling settings."""
     unknown = [agent for agent in config.agents if agent not in possible_agents]
     if unknown:
-        raise ConfigError(f"agents.{unknown[0]}: env '{config.env.name}' has no such agent; "
-                          f"its agents are: {', '.join(possible_agents)}.")
+        raise ConfigError(
+            f"agents.{unknown[0]}: env '{config.env.name}' has no such agent; "
+            f"its agents are: {', '.join(possible_agents)}."
+        )
     named = policies_by_name(config)
     built: dict[str, Policy] = {}
     slots = {}
@@ -153,20 +158,30 @@ def build_agent_slots(config: Config, possible_agents: tuple[str, ...]) -> dict[
         policy_name = policy_of(config, agent)
         if policy_name not in built:
             built[policy_name] = build_policy(policy_name, named[policy_name], seed=config.training.seed)
-        slots[agent] = AgentSlot(built[policy_name], sampling_for(named[policy_name], settings),
-                                 settings.trainable if settings else True)
+        slots[agent] = AgentSlot(
+            built[policy_name], sampling_for(named[policy_name], settings), settings.trainable if settings else True
+        )
     return slots
 
 
-async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict[str, AgentSlot],
-                      env_name: str) -> Episode:
+async def run_episode(
+    env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict[str, AgentSlot], env_name: str
+) -> Episode:
     """Play one episode to its end (or to a policy error) and return its full transcript."""
     started = time.perf_counter()
     episode: Episode = {
-        "episode_id": spec.episode_id, "env_name": env_name, "env_idx": spec.env_idx,
-        "rollout_idx": spec.rollout_idx, "seed": spec.seed, "task_id": None,
-        "success": False, "agent_success": {}, "terminated": False, "truncated": False,
-        "error": None, "turns": [],
+        "episode_id": spec.episode_id,
+        "env_name": env_name,
+        "env_idx": spec.env_idx,
+        "rollout_idx": spec.rollout_idx,
+        "seed": spec.seed,
+        "task_id": None,
+        "success": False,
+        "agent_success": {},
+        "terminated": False,
+        "truncated": False,
+        "error": None,
+        "turns": [],
     }
     stage = "env"  # where an unexpected exception came from
     try:
@@ -182,20 +197,34 @@ async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict
             stage = "env"
             step_start = time.perf_counter()
             next_obs, reward, terminated, truncated, info = await asyncio.to_thread(env.step, generation.text)
-            episode["turns"].append({
-                "turn_idx": info["turn_idx"] - 1, "agent": agent, "policy_name": slot.policy.name,
-                "trainable": slot.trainable, "messages": obs, "response": generation.text,
-                "prompt_text": generation.prompt_text, "reward": reward, "valid": info["valid"],
-                "parse_error": info["parse_error"], "details": info["details"],
-                "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
-                "finish_reason": generation.finish_reason,
-                "generate_s": round(step_start - generate_start, 4),
-                "step_s": round(time.perf_counter() - step_start, 4),
-            })
+            episode["turns"].append(
+                {
+                    "turn_idx": info["turn_idx"] - 1,
+                    "agent": agent,
+                    "policy_name": slot.policy.name,
+                    "trainable": slot.trainable,
+                    "messages": obs,
+                    "response": generation.text,
+                    "prompt_text": generation.prompt_text,
+                    "reward": reward,
+                    "valid": info["valid"],
+                    "parse_error": info["parse_error"],
+                    "details": info["details"],
+                    "prompt_tokens": generation.prompt_tokens,
+                    "completion_tokens": generation.completion_tokens,
+                    "finish_reason": generation.finish_reason,
+                    "generate_s": round(step_start - generate_start, 4),
+                    "step_s": round(time.perf_counter() - step_start, 4),
+                }
+            )
             obs = next_obs
             if terminated or truncated:
-                episode.update(success=bool(info["success"]), agent_success=info["agent_success"],
-                               terminated=terminated, truncated=truncated)
+                episode.update(
+                    success=bool(info["success"]),
+                    agent_success=info["agent_success"],
+                    terminated=terminated,
+                    truncated=truncated,
+                )
                 break
     except PolicyError as error:
         episode["error"] = {"kind": error.kind, "message": str(error)}
@@ -204,8 +233,10 @@ async def run_episode(env: envs.TurnBasedTextEnv, spec: EpisodeSpec, slots: dict
     except Exception as error:  # a bug in an env or a backend must cost one episode, not the whole run
         episode["error"] = {"kind": f"{stage}_error", "message": f"{type(error).__name__}: {error}"}
         where = "the environment" if stage == "env" else "the policy"
-        print(f"warning: episode {spec.episode_id} failed inside {where}: {type(error).__name__}: {error}",
-              file=sys.stderr)
+        print(
+            f"warning: episode {spec.episode_id} failed inside {where}: {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
     episode["wall_time_s"] = round(time.perf_counter() - started, 4)
     return episode
 
@@ -231,13 +262,23 @@ def lock_run(files: RunFiles):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise UserError(f"Run '{files.run_name}' in {files.directory} is being collected by another process; "
-                        "wait for it or use another training.run_name.") from None
+        raise UserError(
+            f"Run '{files.run_name}' in {files.directory} is being collected by another process; "
+            "wait for it or use another training.run_name."
+        ) from None
     return handle
 
 
-GUARDED_KEYS = ("env", "training.seed", "training.num_samples_per_task", "training.only_success",
-                "training.collect_mode", "training.dedup", "training.max_records_per_task", "agents")
+GUARDED_KEYS = (
+    "env",
+    "training.seed",
+    "training.num_samples_per_task",
+    "training.only_success",
+    "training.collect_mode",
+    "training.dedup",
+    "training.max_records_per_task",
+    "agents",
+)
 """Settings a resumed run must share with the files it continues."""
 POLICY_IDENTITY = ("backend", "model_path", "model", "error_rate", "mode")
 """The policy settings that change what is written; URLs, timeouts and concurrency may change."""
@@ -255,9 +296,10 @@ def run_identity(config: Config) -> dict[str, Any]:
     identity["env"]["name"] = envs.resolve_name(config.env.name)
     identity["agents"] = {agent: settings["trainable"] for agent, settings in identity["agents"].items()}
     # Who writes the replies: a resumed run must not mix in another model or expert setting.
-    identity["policies"] = {name: {key: policy[key] for key in POLICY_IDENTITY}
-                            for name, policy in [(plain["policy"]["name"], plain["policy"]),
-                                                 *plain["policies"].items()]}
+    identity["policies"] = {
+        name: {key: policy[key] for key in POLICY_IDENTITY}
+        for name, policy in [(plain["policy"]["name"], plain["policy"]), *plain["policies"].items()]
+    }
     return identity
 
 
@@ -268,14 +310,22 @@ def check_resume(files: RunFiles, config: Config) -> None:
     try:
         saved = json.loads(files.config.read_text())["identity"]
     except (ValueError, KeyError, TypeError):
-        raise DataError(f"{files.config} is damaged, so run '{files.run_name}' cannot be checked for resuming; "
-                        "use another training.run_name.") from None
+        raise DataError(
+            f"{files.config} is damaged, so run '{files.run_name}' cannot be checked for resuming; "
+            "use another training.run_name."
+        ) from None
     current = json.loads(json.dumps(run_identity(config)))
-    differences = [f"{key}: files have {saved.get(key)!r}, now {current[key]!r}"
-                   for key in current if saved.get(key) != current[key]]
+    differences = [
+        f"{key}: files have {saved.get(key)!r}, now {current[key]!r}"
+        for key in current
+        if saved.get(key) != current[key]
+    ]
     if differences:
-        raise ResumeMismatchError(f"Cannot resume run '{files.run_name}' with different settings ("
-                                  + "; ".join(differences) + "). Use another training.run_name.")
+        raise ResumeMismatchError(
+            f"Cannot resume run '{files.run_name}' with different settings ("
+            + "; ".join(differences)
+            + "). Use another training.run_name."
+        )
 
 
 def read_ledger(path: Path, repair: bool = True) -> list[Episode]:
@@ -295,8 +345,11 @@ def read_ledger(path: Path, repair: bool = True) -> list[Episode]:
             episode = _parse_ledger_line(line, f"{path}:{number}")
             episodes[episode["episode_id"]] = episode
     if tail:
-        print(f"warning: {path}:{len(complete) + 1} is a torn line (the run was killed mid-write); "
-              "dropping it, its episode runs again.", file=sys.stderr)
+        print(
+            f"warning: {path}:{len(complete) + 1} is a torn line (the run was killed mid-write); "
+            "dropping it, its episode runs again.",
+            file=sys.stderr,
+        )
     if tail and repair:
         with open(path, "r+b") as handle:
             handle.truncate(len(data) - len(tail))
@@ -331,11 +384,13 @@ class Collector:
             self.files = RunFiles(directory, run_name)
             self._lock = lock_run(self.files)
         except OSError as error:
-            raise DataError(f"Cannot write collection files in training.sft_data_dir={directory}: "
-                            f"{error.strerror or error}.") from None
+            raise DataError(
+                f"Cannot write collection files in training.sft_data_dir={directory}: {error.strerror or error}."
+            ) from None
         training = config.training
-        self.filter = RecordFilter(training.only_success, training.collect_mode, training.dedup,
-                                   training.max_records_per_task)
+        self.filter = RecordFilter(
+            training.only_success, training.collect_mode, training.dedup, training.max_records_per_task
+        )
         self.stats = CollectionStats(self.env_name, run_name)
         self.token_counter = TokenCounter(config)
         self.started = time.perf_counter()
@@ -352,9 +407,11 @@ class Collector:
         plan = plan_episodes(self.config)
         planned_ids = {spec.episode_id for spec in plan}
         if len(done) > len(plan) or any(episode["episode_id"] not in planned_ids for episode in done):
-            raise ConfigError(f"Run '{self.files.run_name}' already has {len(done)} episodes, more than (or other "
-                              f"than) training.sft_num_episodes={len(plan)} plans; ask for at least {len(done)} "
-                              "or use another training.run_name.")
+            raise ConfigError(
+                f"Run '{self.files.run_name}' already has {len(done)} episodes, more than (or other "
+                f"than) training.sft_num_episodes={len(plan)} plans; ask for at least {len(done)} "
+                "or use another training.run_name."
+            )
         self._rebuild_records(done)
         self._save_config()
         finished = {episode["episode_id"] for episode in done}
@@ -458,8 +515,15 @@ class Progress:
     def __init__(self, total: int, initial: int):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, desc="episodes", unit="ep", file=sys.stderr, dynamic_ncols=True,
-                        disable=os.environ.get("PETTINGLLMS_PROGRESS", "1") == "0")
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc="episodes",
+            unit="ep",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=os.environ.get("PETTINGLLMS_PROGRESS", "1") == "0",
+        )
 
     def update(self, stats: CollectionStats) -> None:
         rate = stats.successful / stats.episodes if stats.episodes else 0.0
@@ -484,8 +548,10 @@ class TokenCounter:
         if tokenizer is None:
             return []
         try:
-            return [len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
-                    for record in records]
+            return [
+                len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
+                for record in records
+            ]
         except Exception as error:  # e.g. a template that refuses a system message: stats lose one field
             print(f"warning: token counts unavailable ({type(error).__name__}: {error})", file=sys.stderr)
             self._failed, self._tokenizer, self.name = True, None, None
@@ -539,8 +605,11 @@ def collect(config: Config) -> CollectResult:
     try:
         todo = collector.prepare()
         stats: dict[str, Any] = {}
-        stopped_by = run_until_signal(collector.run(todo), threads=config.training.rollout_concurrency + 4,
-                                      finish=lambda: stats.update(collector.write_stats()))
+        stopped_by = run_until_signal(
+            collector.run(todo),
+            threads=config.training.rollout_concurrency + 4,
+            finish=lambda: stats.update(collector.write_stats()),
+        )
     finally:
         collector.close()
     return CollectResult(collector.files, stats, stopped_by)

@@ -344,18 +344,16 @@ def _read_status(status_read: int, proc: subprocess.Popen, outcome: _Outcome) ->
         raise SandboxError(f"the sandbox launcher failed: {report['error']}")
     if not report and outcome.stopped_for != "timeout":
         stderr = outcome.io.text("stderr")[-2000:]
-        raise SandboxError(
-            f"the sandbox launcher exited with {proc.returncode} before the program started: {stderr}"
-        )
+        raise SandboxError(f"the sandbox launcher exited with {proc.returncode} before the program started: {stderr}")
     if report and os.geteuid() == 0 and not report["separate_user"]:
-        _warn_once("sandboxed programs run as root: the interpreter is out of other users' reach "
-                   "and no mount namespace can expose it (see pettingllms/sandbox.py)")
+        _warn_once(
+            "sandboxed programs run as root: the interpreter is out of other users' reach "
+            "and no mount namespace can expose it (see pettingllms/sandbox.py)"
+        )
     return report
 
 
-def _describe(
-    proc: subprocess.Popen, report: dict, outcome: _Outcome, wall_time_s: float
-) -> SandboxResult:
+def _describe(proc: subprocess.Popen, report: dict, outcome: _Outcome, wall_time_s: float) -> SandboxResult:
     """Build the result; a program that exited by itself keeps its own status."""
     stopped_for = outcome.stopped_for
     return SandboxResult(
@@ -743,8 +741,9 @@ def _isolate_as_root(config: dict) -> dict:
     if private_tmp:
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # our mounts stay ours
         _expose_interpreter(config["exposed"])
-        _mount_private_scratch(config["workdir"], config["uid"], config["limits"]["scratch_mb"],
-                               config["interpreter_dirs"])
+        _mount_private_scratch(
+            config["workdir"], config["uid"], config["limits"]["scratch_mb"], config["interpreter_dirs"]
+        )
         _hide_other_processes()
     separate_user = private_tmp or not config["exposed"]
     if separate_user:
@@ -891,9 +890,7 @@ def _unshare(flags: int) -> bool:
     return _libc().unshare(flags) == 0
 
 
-def _mount(
-    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
-) -> None:
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     def encode(text: str | None) -> bytes | None:
         return None if text is None else text.encode()
 

@@ -39,8 +39,12 @@ def rollout_stats(path: Path) -> dict[str, Any]:
         raise DataError(f"{path} holds no episodes.")
     run_name = path.name.removeprefix("rollouts_").removesuffix(".jsonl")
     training = _saved_training_config(path.with_name(f"sft_data_{run_name}_config.json"))
-    record_filter = RecordFilter(training.get("only_success", True), training.get("collect_mode", "env"),
-                                 training.get("dedup", False), training.get("max_records_per_task"))
+    record_filter = RecordFilter(
+        training.get("only_success", True),
+        training.get("collect_mode", "env"),
+        training.get("dedup", False),
+        training.get("max_records_per_task"),
+    )
     stats = CollectionStats(episodes[0]["env_name"], run_name)
     for episode in episodes:
         stats.add(episode, record_filter.keep(episode))
@@ -79,11 +83,20 @@ def record_stats(path: Path) -> dict[str, Any]:
         policies[metadata.get("policy_name")] += 1
         successes[str(metadata.get("env_success"))] += 1
         episodes.add(metadata.get("episode_id"))
-        lengths.append(sum(len(str(m.get("content", ""))) for m in record.get("messages", [])) or
-                       len(str(record.get("prompt", ""))) + len(str(record.get("response", ""))))
-    return {"file": str(path), "records": len(records), "episodes": len(episodes - {None}),
-            "per_agent": dict(agents), "per_policy": dict(policies), "env_success": dict(successes),
-            "record_chars": summarize_lengths(lengths), "_lengths": lengths}
+        lengths.append(
+            sum(len(str(m.get("content", ""))) for m in record.get("messages", []))
+            or len(str(record.get("prompt", ""))) + len(str(record.get("response", "")))
+        )
+    return {
+        "file": str(path),
+        "records": len(records),
+        "episodes": len(episodes - {None}),
+        "per_agent": dict(agents),
+        "per_policy": dict(policies),
+        "env_success": dict(successes),
+        "record_chars": summarize_lengths(lengths),
+        "_lengths": lengths,
+    }
 
 
 def plot_lengths(lengths: list[int], output: Path) -> Path:

@@ -184,9 +184,7 @@ UNICODE_SAMPLES = ["café", "naïve", "Straße", "déjà vu", "über", "日本�
 def generate_corpus(documents: int = 3000) -> Iterator[str]:
     """Yield the deterministic training documents, cycling through every kind of text."""
     rng = random.Random(SEED)
-    makers = [
-        chat_document, python_document, grid_document, actions_document, math_document, english_document
-    ]
+    makers = [chat_document, python_document, grid_document, actions_document, math_document, english_document]
     for index in range(documents):
         yield makers[index % len(makers)](rng)
 

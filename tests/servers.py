@@ -59,8 +59,21 @@ def transformers_serve(model_dir: Path, work_dir: Path, startup_timeout_s: float
     # thread; with torch's default thread count per call they fight over the cores, and 20
     # episodes take ten times longer on a 2-core machine.
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
-               "--host", HOST, "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "transformers.cli.transformers",
+        "serve",
+        str(model_dir),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
     log_path = work_dir / "transformers_serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -118,10 +131,18 @@ class FaultyServer:
         model: the one model `/v1/models` lists (None: it lists none).
     """
 
-    def __init__(self, schedule: list[str] = (), failure_rate: float = 0.0,
-                 faults: tuple[str, ...] = TRANSIENT_FAULTS, seed: int = 0, retry_after: str | None = None,
-                 hang_s: float = 10.0, delay_s: float = 0.0, reply: str = 'Actions: ["Up"]',
-                 model: str | None = "faulty-model"):
+    def __init__(
+        self,
+        schedule: list[str] = (),
+        failure_rate: float = 0.0,
+        faults: tuple[str, ...] = TRANSIENT_FAULTS,
+        seed: int = 0,
+        retry_after: str | None = None,
+        hang_s: float = 10.0,
+        delay_s: float = 0.0,
+        reply: str = 'Actions: ["Up"]',
+        model: str | None = "faulty-model",
+    ):
         self.schedule = list(schedule)
         self.failure_rate, self.faults, self.seed = failure_rate, tuple(faults), seed
         self.retry_after, self.hang_s, self.delay_s = retry_after, hang_s, delay_s
@@ -200,8 +221,14 @@ class FaultyServer:
         else:
             choice = {"index": 0, "text": self.reply, "finish_reason": "stop"}
             kind = "text_completion"
-        return {"id": f"cmpl-{len(self.log)}", "object": kind, "created": int(time.time()),
-                "model": body.get("model", self.model), "choices": [choice], "usage": usage}
+        return {
+            "id": f"cmpl-{len(self.log)}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [choice],
+            "usage": usage,
+        }
 
 
 class _QuietThreadingServer(ThreadingHTTPServer):
@@ -249,8 +276,12 @@ class _FaultyHandler(BaseHTTPRequestHandler):
         elif outcome == "bad_json":
             self._send(200, b"{this is not json")
         elif outcome == "400":
-            self._send(400, json.dumps({"error": {"message": "max_tokens is too large for this model",
-                                                  "type": "invalid_request_error"}}).encode())
+            self._send(
+                400,
+                json.dumps(
+                    {"error": {"message": "max_tokens is too large for this model", "type": "invalid_request_error"}}
+                ).encode(),
+            )
         else:
             status = int(outcome)
             message = "Too many requests" if status == 429 else "Internal error"

@@ -7,8 +7,9 @@ import pytest
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pettingllms", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pettingllms", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_envs_lists_every_registered_environment():
@@ -25,15 +26,18 @@ def test_keys_lists_keys_with_help():
     assert "training.sft_num_episodes = 100" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["collect", "env.name=sokobn"], "Unknown env 'sokobn'. Did you mean 'sokoban'? Registered: sokoban"),
-    (["collect", "policy=nope"], "Unknown policy 'nope'"),
-    (["collect", "training.sft_num_episodes=0"], "training.sft_num_episodes=0 is invalid; expected an integer > 0"),
-    (["collect", "training.sft_num_episode=3"], "Unknown config key 'training.sft_num_episode'"),
-    (["collect", "oops"], "is not key=value"),
-    (["collect", "policy.model_path=/no/such/model", "training.sft_num_episodes=1"], "/no/such/model"),
-    (["train", "training.train_data_path=/no/such/*.jsonl"], "/no/such/*.jsonl"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["collect", "env.name=sokobn"], "Unknown env 'sokobn'. Did you mean 'sokoban'? Registered: sokoban"),
+        (["collect", "policy=nope"], "Unknown policy 'nope'"),
+        (["collect", "training.sft_num_episodes=0"], "training.sft_num_episodes=0 is invalid; expected an integer > 0"),
+        (["collect", "training.sft_num_episode=3"], "Unknown config key 'training.sft_num_episode'"),
+        (["collect", "oops"], "is not key=value"),
+        (["collect", "policy.model_path=/no/such/model", "training.sft_num_episodes=1"], "/no/such/model"),
+        (["train", "training.train_data_path=/no/such/*.jsonl"], "/no/such/*.jsonl"),
+    ],
+)
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     result = run_cli(*args, f"training.sft_data_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -49,7 +53,8 @@ def test_train_data_paths_from_a_list_commas_or_the_run_name():
     assert train_data_paths(load_config(["training.train_data_path=a.jsonl, b/*.jsonl"])) == ["a.jsonl", "b/*.jsonl"]
     assert train_data_paths(load_config(["training.train_data_path=[x.jsonl,y.parquet]"])) == ["x.jsonl", "y.parquet"]
     assert train_data_paths(load_config(["training.run_name=20261121_101500", "training.sft_data_dir=d"])) == [
-        "d/sft_data_20261121_101500.jsonl"]
+        "d/sft_data_20261121_101500.jsonl"
+    ]
 
 
 def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
@@ -64,7 +69,9 @@ def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
 
     qwen = collected_by("a", {"backend": "hf", "model_path": "/models/qwen"})
     assert collecting_model([qwen]) == "/models/qwen"
-    assert collecting_model([qwen, collected_by("b", {"backend": "hf", "model_path": "/models/qwen"})]) == "/models/qwen"
+    assert (
+        collecting_model([qwen, collected_by("b", {"backend": "hf", "model_path": "/models/qwen"})]) == "/models/qwen"
+    )
     assert collecting_model([qwen, collected_by("c", {"backend": "hf", "model_path": "/models/llama"})]) is None
     assert collecting_model([collected_by("d", {"backend": "expert", "model_path": None})]) is None
     assert collecting_model([str(tmp_path / "elsewhere.jsonl")]) is None
@@ -78,8 +85,15 @@ def test_a_model_that_cannot_load_stops_the_run_with_one_line_and_the_run_can_re
     broken = tmp_path / "broken_model"
     shutil.copytree(tiny_model_path(), broken)
     (broken / "model.safetensors").write_text("not weights")
-    args = ("collect", "policy=hf", "training.sft_num_episodes=2", "training.run_name=r", "env.max_turns=1",
-            "policy.max_tokens=8", f"training.sft_data_dir={tmp_path / 'data'}")
+    args = (
+        "collect",
+        "policy=hf",
+        "training.sft_num_episodes=2",
+        "training.run_name=r",
+        "env.max_turns=1",
+        "policy.max_tokens=8",
+        f"training.sft_data_dir={tmp_path / 'data'}",
+    )
     failed = run_cli(*args, f"policy.model_path={broken}", cwd=tmp_path)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert f"error: Could not load model '{broken}'" in failed.stderr

@@ -11,16 +11,28 @@ import pytest
 
 import pettingllms
 from pettingllms.envs.code import CodeEnv, extract_code, parse_test_cases
-from pettingllms.envs.code_tasks import function_program, check_tests, load_code_tasks, outputs_match
+from pettingllms.envs.code_tasks import check_tests, function_program, load_code_tasks, outputs_match
 from pettingllms.exceptions import DataError
 
 STDIO_ROWS = [
-    {"question": "Read two integers and print their sum.", "test_input": ["1 2\n", "10 -3\n", "0 0\n"],
-     "test_output": ["3\n", "7\n", "0\n"], "solution": "a, b = map(int, input().split())\nprint(a + b)\n"},
-    {"question": "Read a line and print it reversed.", "test_input": ["abc\n", "racecar\n"],
-     "test_output": ["cba\n", "racecar\n"], "solution": "print(input()[::-1])\n"},
-    {"question": "Print the number of words on the line.", "test_input": ["a b  c\n"], "test_output": ["3"],
-     "solution": None},
+    {
+        "question": "Read two integers and print their sum.",
+        "test_input": ["1 2\n", "10 -3\n", "0 0\n"],
+        "test_output": ["3\n", "7\n", "0\n"],
+        "solution": "a, b = map(int, input().split())\nprint(a + b)\n",
+    },
+    {
+        "question": "Read a line and print it reversed.",
+        "test_input": ["abc\n", "racecar\n"],
+        "test_output": ["cba\n", "racecar\n"],
+        "solution": "print(input()[::-1])\n",
+    },
+    {
+        "question": "Print the number of words on the line.",
+        "test_input": ["a b  c\n"],
+        "test_output": ["3"],
+        "solution": None,
+    },
 ]
 SUM_SOLUTION = STDIO_ROWS[0]["solution"]
 
@@ -71,8 +83,12 @@ def test_jsonl_and_parquet_stdio_files_load_the_same_tasks(tmp_path):
     from_parquet = load_code_tasks(write_parquet(tmp_path / "apps.parquet", STDIO_ROWS))
     assert len(from_jsonl) == len(from_parquet) == 3
     for a, b in zip(from_jsonl, from_parquet):
-        assert (a.question, a.test_inputs, a.test_outputs, a.reference) == (b.question, b.test_inputs, b.test_outputs,
-                                                                          b.reference)
+        assert (a.question, a.test_inputs, a.test_outputs, a.reference) == (
+            b.question,
+            b.test_inputs,
+            b.test_outputs,
+            b.reference,
+        )
     assert from_jsonl[0].task_id == "apps/0" and from_jsonl[0].kind == "stdio"
     assert from_jsonl[0].test_inputs == ("1 2\n", "10 -3\n", "0 0\n") and from_jsonl[2].reference is None
 
@@ -96,8 +112,13 @@ def test_empty_missing_and_broken_datasets_are_data_errors(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="empty.jsonl has no rows"):
         load_code_tasks(str(tmp_path / "empty.jsonl"))
-    schema = pyarrow.schema([("question", pyarrow.string()), ("test_input", pyarrow.list_(pyarrow.string())),
-                             ("test_output", pyarrow.list_(pyarrow.string()))])
+    schema = pyarrow.schema(
+        [
+            ("question", pyarrow.string()),
+            ("test_input", pyarrow.list_(pyarrow.string())),
+            ("test_output", pyarrow.list_(pyarrow.string())),
+        ]
+    )
     pyarrow.parquet.write_table(schema.empty_table(), tmp_path / "empty.parquet")
     with pytest.raises(DataError, match="has no rows"):
         load_code_tasks(str(tmp_path / "empty.parquet"))
@@ -165,8 +186,10 @@ def test_expert_solves_all_164_humaneval_problems_and_wrong_programs_fail():
         results = list(pool.map(_expert_episode, range(164)))
     failures = [(info["task_id"], info["details"]) for _, info in results if info["success"] is not True]
     assert not failures, f"reference solutions that failed their own check: {failures[:3]}"
-    assert all(count == 2 and info["agent_success"] == {"code_generator": True, "test_generator": True}
-               for count, info in results), "the expert pair agrees in the first round"
+    assert all(
+        count == 2 and info["agent_success"] == {"code_generator": True, "test_generator": True}
+        for count, info in results
+    ), "the expert pair agrees in the first round"
 
     from pettingllms.sandbox import run_python
 
@@ -255,11 +278,14 @@ def test_a_reply_without_a_code_block_is_an_invalid_action(reply):
     assert obs[-1]["role"] == "user"
 
 
-@pytest.mark.parametrize("reply, why", [
-    ("no tests", "no ```python block of asserts"),
-    ("```python\nassert f(1) ==\n```", "not valid Python"),
-    ("```python\nprint('fine')\n```", "no assert statement"),
-])
+@pytest.mark.parametrize(
+    "reply, why",
+    [
+        ("no tests", "no ```python block of asserts"),
+        ("```python\nassert f(1) ==\n```", "not valid Python"),
+        ("```python\nprint('fine')\n```", "no assert statement"),
+    ],
+)
 def test_unusable_tests_are_an_invalid_action(reply, why):
     env = pettingllms.make("code_env")
     env.reset(seed=0, options={"task_index": 0})
@@ -284,15 +310,23 @@ def _network_is_isolated():
 
 HOSTILE_PROGRAMS = {  # name: (program, what the logged run must show)
     "infinite loop": ("while True:\n    pass", lambda run: run["timed_out"] is True),
-    "memory bomb": ("blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 26))",
-                    lambda run: "MemoryError" in run["stderr_tail"]),
-    "huge print": ("import sys\nwhile True:\n    sys.stdout.write('x' * (1 << 20))",
-                   lambda run: run["stopped_for"] == "output_limit"),
+    "memory bomb": (
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 26))",
+        lambda run: "MemoryError" in run["stderr_tail"],
+    ),
+    "huge print": (
+        "import sys\nwhile True:\n    sys.stdout.write('x' * (1 << 20))",
+        lambda run: run["stopped_for"] == "output_limit",
+    ),
     "fork bomb": ("import os\nwhile True:\n    os.fork()", lambda run: run["returncode"] != 0),
-    "reads a secret": ("import os\nprint(os.environ['PETTINGLLMS_TEST_SECRET'])",
-                       lambda run: "KeyError" in run["stderr_tail"]),
-    "network": ("import socket\nsocket.create_connection(('127.0.0.1', PORT), timeout=2)\nprint('ok')",
-                lambda run: "Error" in run["stderr_tail"]),
+    "reads a secret": (
+        "import os\nprint(os.environ['PETTINGLLMS_TEST_SECRET'])",
+        lambda run: "KeyError" in run["stderr_tail"],
+    ),
+    "network": (
+        "import socket\nsocket.create_connection(('127.0.0.1', PORT), timeout=2)\nprint('ok')",
+        lambda run: "Error" in run["stderr_tail"],
+    ),
 }
 
 
@@ -308,8 +342,10 @@ def test_hostile_solutions_fail_cleanly_with_the_reason_logged(tmp_path, monkeyp
     server.setblocking(False)
     request.addfinalizer(server.close)
     monkeypatch.setenv("PETTINGLLMS_TEST_SECRET", "ok")
-    path = write_jsonl(tmp_path / "ok.jsonl", [{"question": "Print ok.", "test_input": [""], "test_output": ["ok"],
-                                                 "solution": "print('ok')"}])
+    path = write_jsonl(
+        tmp_path / "ok.jsonl",
+        [{"question": "Print ok.", "test_input": [""], "test_output": ["ok"], "solution": "print('ok')"}],
+    )
     env = pettingllms.make("code_env", dataset=path, timeout_s=3.0, max_turns=1)
     env.reset(seed=0, options={"task_index": 0})
     started = time.monotonic()

@@ -20,8 +20,9 @@ def run_collect(tmp_path, *overrides, name="run"):
 
 
 def test_expert_collection_writes_three_files_that_agree(tmp_path):
-    result = run_collect(tmp_path, "env.name=sokoban", "policy=expert", "training.sft_num_episodes=50",
-                         "policy.error_rate=0.3")
+    result = run_collect(
+        tmp_path, "env.name=sokoban", "policy=expert", "training.sft_num_episodes=50", "policy.error_rate=0.3"
+    )
     records, episodes = read_jsonl(result.files.records), read_jsonl(result.files.rollouts)
     stats = json.loads(result.files.stats.read_text())
     assert len(episodes) == stats["total_episodes"] == 50
@@ -50,9 +51,18 @@ def test_without_errors_every_episode_succeeds(tmp_path):
 
 def test_same_seed_and_config_give_the_same_episodes(tmp_path):
     first = run_collect(tmp_path, "policy=expert", "policy.error_rate=0.5", "training.sft_num_episodes=12", name="a")
-    second = run_collect(tmp_path, "policy=expert", "policy.error_rate=0.5", "training.sft_num_episodes=12",
-                         "training.rollout_concurrency=3", name="b")
-    by_id = lambda path: sorted(read_jsonl(path), key=lambda r: (r["metadata"]["episode_id"], r["metadata"]["turn_idx"]))
+    second = run_collect(
+        tmp_path,
+        "policy=expert",
+        "policy.error_rate=0.5",
+        "training.sft_num_episodes=12",
+        "training.rollout_concurrency=3",
+        name="b",
+    )
+
+    def by_id(path):
+        return sorted(read_jsonl(path), key=lambda r: (r["metadata"]["episode_id"], r["metadata"]["turn_idx"]))
+
     assert by_id(first.files.records) == by_id(second.files.records)
 
 
@@ -70,8 +80,14 @@ def test_train_and_test_splits_use_disjoint_seeds():
 
 
 def test_tiny_hf_model_collects_and_stats_say_nothing_succeeded(tmp_path):
-    result = run_collect(tmp_path, "env.name=sokoban", "policy=hf", "training.sft_num_episodes=4",
-                         "env.max_turns=1", "policy.max_tokens=24")
+    result = run_collect(
+        tmp_path,
+        "env.name=sokoban",
+        "policy=hf",
+        "training.sft_num_episodes=4",
+        "env.max_turns=1",
+        "policy.max_tokens=24",
+    )
     episodes = read_jsonl(result.files.rollouts)
     assert len(episodes) == 4 and all(len(e["turns"]) == 2 for e in episodes)
     assert all(t["prompt_text"] and t["prompt_text"].startswith("<|im_start|>") for e in episodes for t in e["turns"])
@@ -81,8 +97,14 @@ def test_tiny_hf_model_collects_and_stats_say_nothing_succeeded(tmp_path):
 
 
 def test_non_trainable_agent_and_role_specialized_policies(tmp_path):
-    result = run_collect(tmp_path, "policy=expert", "policies.teacher.backend=expert",
-                         "agents.tool.policy=teacher", "agents.planner.trainable=false", "training.sft_num_episodes=6")
+    result = run_collect(
+        tmp_path,
+        "policy=expert",
+        "policies.teacher.backend=expert",
+        "agents.tool.policy=teacher",
+        "agents.planner.trainable=false",
+        "training.sft_num_episodes=6",
+    )
     records = read_jsonl(result.files.records)
     assert records and {r["metadata"]["agent_name"] for r in records} == {"tool"}
     assert {r["metadata"]["policy_name"] for r in records} == {"teacher"}
@@ -94,8 +116,8 @@ def test_an_exception_inside_an_env_costs_one_episode_not_the_run(capsys):
     import asyncio
 
     from pettingllms.envs import TurnBasedTextEnv
-    from pettingllms.policies.expert import ExpertPolicy
     from pettingllms.policies.base import SamplingParams
+    from pettingllms.policies.expert import ExpertPolicy
     from pettingllms.runner import AgentSlot, EpisodeSpec, run_episode
 
     class BrokenEnv(TurnBasedTextEnv):
@@ -125,20 +147,35 @@ def test_resume_refuses_another_policy_or_fewer_episodes(tmp_path):
 
     run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=4", name="guarded")
     with pytest.raises(ResumeMismatchError, match=r"policies: files have .*'error_rate': 0.0.*now .*'error_rate': 0.5"):
-        run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=6",
-                    "policy.error_rate=0.5", name="guarded")
+        run_collect(
+            tmp_path,
+            "policy=expert",
+            "env.name=sudoku",
+            "training.sft_num_episodes=6",
+            "policy.error_rate=0.5",
+            name="guarded",
+        )
     with pytest.raises(ConfigError, match=r"already has 4 episodes.*sft_num_episodes=2.*at least 4"):
         run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=2", name="guarded")
-    resumed = run_collect(tmp_path, "policy=expert", "env.name=sudoku", "training.sft_num_episodes=6",
-                          "training.rollout_concurrency=2", name="guarded")
+    resumed = run_collect(
+        tmp_path,
+        "policy=expert",
+        "env.name=sudoku",
+        "training.sft_num_episodes=6",
+        "training.rollout_concurrency=2",
+        name="guarded",
+    )
     assert resumed.stats["total_episodes"] == 6
 
 
-@pytest.mark.parametrize("override, message", [
-    ("env.dataset=humaneval", "env.dataset: env 'sokoban' generates its tasks and takes no dataset."),
-    ("env.kwargs.num_boxes=99", "env 'sokoban': num_boxes must be an integer from 1 to"),
-    ("env.kwargs.colour=red", "env.kwargs.colour is not an argument of env 'sokoban'; it takes: max_turns,"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("env.dataset=humaneval", "env.dataset: env 'sokoban' generates its tasks and takes no dataset."),
+        ("env.kwargs.num_boxes=99", "env 'sokoban': num_boxes must be an integer from 1 to"),
+        ("env.kwargs.colour=red", "env.kwargs.colour is not an argument of env 'sokoban'; it takes: max_turns,"),
+    ],
+)
 def test_env_settings_it_does_not_take_are_config_errors(tmp_path, override, message):
     from pettingllms.exceptions import ConfigError
 

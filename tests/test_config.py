@@ -18,15 +18,26 @@ def test_defaults_match_the_design_table():
 
 
 def test_seed_script_keys_work_verbatim():
-    config = load_config([
-        "training.sft_num_episodes=7", "training.only_success=false", "training.run_sft_training=false",
-        "training.sft_data_dir=/tmp/x", "env.max_turns=2", "training.sft_config.num_train_epochs=1",
-        "training.sft_config.per_device_train_batch_size=4", "training.sft_config.gradient_accumulation_steps=1",
-        "training.sft_config.learning_rate=1e-4", "training.sft_config.use_lora=false",
-        "training.sft_config.lora_r=8", "training.sft_config.lora_alpha=32",
-        "training.sft_config.model_name_or_path=/m", "training.sft_config.output_dir=/o",
-        "training.train_data_path=/d.jsonl", "training.run_name=abc",
-    ])
+    config = load_config(
+        [
+            "training.sft_num_episodes=7",
+            "training.only_success=false",
+            "training.run_sft_training=false",
+            "training.sft_data_dir=/tmp/x",
+            "env.max_turns=2",
+            "training.sft_config.num_train_epochs=1",
+            "training.sft_config.per_device_train_batch_size=4",
+            "training.sft_config.gradient_accumulation_steps=1",
+            "training.sft_config.learning_rate=1e-4",
+            "training.sft_config.use_lora=false",
+            "training.sft_config.lora_r=8",
+            "training.sft_config.lora_alpha=32",
+            "training.sft_config.model_name_or_path=/m",
+            "training.sft_config.output_dir=/o",
+            "training.train_data_path=/d.jsonl",
+            "training.run_name=abc",
+        ]
+    )
     training, sft = config.training, config.training.sft_config
     assert training.sft_num_episodes == 7 and training.only_success is False
     assert training.run_sft_training is False and training.sft_data_dir == "/tmp/x"
@@ -48,24 +59,30 @@ def test_unknown_key_names_it_and_suggests_the_nearest():
         load_config(["training.sft_config.lora_rank=8"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("training.sft_num_episodes=0", r"training.sft_num_episodes=0 is invalid; expected an integer > 0"),
-    ("training.sft_num_episodes=-3", r"expected an integer > 0"),
-    ("training.sft_num_episodes=many", r"training.sft_num_episodes: Value 'many' .* could not be converted to Integer"),
-    ("policy=../quick_test", r"Unknown policy '../quick_test'"),
-    ("training.sft_config.lora_r=0", r"training.sft_config.lora_r=0 is invalid; expected an integer > 0"),
-    ("training.sft_config.num_train_epochs=-1", r"num_train_epochs=-1.0 is invalid"),
-    ("training.sft_config.thinking=drop", r"expected 'keep' or 'strip'"),
-    ("policy.top_p=5", r"policy.top_p=5.0 is invalid; expected a number in \(0, 1\]"),
-    ("training.collect_mode=turn", r"expected 'env' or 'agent'"),
-    ("policy.backend=vllm", r"expected 'hf', 'openai' or 'expert'"),
-    ("policy.error_rate=2", r"expected a number in \[0, 1\]"),
-    ("env.split=dev", r"expected 'train' or 'test'"),
-    ("training.run_name=a/b", r"without '/'"),
-    ("policy=nope", r"Unknown policy 'nope'.*Available: expert, hf, openai"),
-    ("justtext", r"is not key=value"),
-    ("agents.tool.policy=missing", r"agents.tool.policy='missing' is not a policy"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.sft_num_episodes=0", r"training.sft_num_episodes=0 is invalid; expected an integer > 0"),
+        ("training.sft_num_episodes=-3", r"expected an integer > 0"),
+        (
+            "training.sft_num_episodes=many",
+            r"training.sft_num_episodes: Value 'many' .* could not be converted to Integer",
+        ),
+        ("policy=../quick_test", r"Unknown policy '../quick_test'"),
+        ("training.sft_config.lora_r=0", r"training.sft_config.lora_r=0 is invalid; expected an integer > 0"),
+        ("training.sft_config.num_train_epochs=-1", r"num_train_epochs=-1.0 is invalid"),
+        ("training.sft_config.thinking=drop", r"expected 'keep' or 'strip'"),
+        ("policy.top_p=5", r"policy.top_p=5.0 is invalid; expected a number in \(0, 1\]"),
+        ("training.collect_mode=turn", r"expected 'env' or 'agent'"),
+        ("policy.backend=vllm", r"expected 'hf', 'openai' or 'expert'"),
+        ("policy.error_rate=2", r"expected a number in \[0, 1\]"),
+        ("env.split=dev", r"expected 'train' or 'test'"),
+        ("training.run_name=a/b", r"without '/'"),
+        ("policy=nope", r"Unknown policy 'nope'.*Available: expert, hf, openai"),
+        ("justtext", r"is not key=value"),
+        ("agents.tool.policy=missing", r"agents.tool.policy='missing' is not a policy"),
+    ],
+)
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_config([override])
@@ -73,8 +90,14 @@ def test_bad_values_are_one_line_errors(override, message):
 
 
 def test_role_specialized_agents_parse():
-    config = load_config(["policies.teacher.backend=expert", "agents.tool.policy=teacher",
-                          "agents.planner.trainable=false", "agents.planner.temperature=0.2"])
+    config = load_config(
+        [
+            "policies.teacher.backend=expert",
+            "agents.tool.policy=teacher",
+            "agents.planner.trainable=false",
+            "agents.planner.temperature=0.2",
+        ]
+    )
     assert config.policies["teacher"].backend == "expert"
     assert config.agents["tool"].policy == "teacher"
     assert config.agents["planner"].trainable is False and config.agents["planner"].temperature == 0.2
@@ -124,18 +147,33 @@ def test_a_preset_must_be_a_mapping(tmp_path):
 
 
 def test_text_settings_keep_the_characters_typed():
-    config = load_config(["training.run_name=20261121_221453", "training.sft_config.output_dir=0123",
-                          "training.train_data_path=a.jsonl,b.jsonl", "agents.tool.policy=null"])
+    config = load_config(
+        [
+            "training.run_name=20261121_221453",
+            "training.sft_config.output_dir=0123",
+            "training.train_data_path=a.jsonl,b.jsonl",
+            "agents.tool.policy=null",
+        ]
+    )
     assert config.training.run_name == "20261121_221453"
     assert config.training.sft_config.output_dir == "0123"
     assert config.agents["tool"].policy is None
     assert load_config(["training.sft_num_episodes=12"]).training.sft_num_episodes == 12
 
 
-@pytest.mark.parametrize("override, message", [
-    ("training.sft_config.lr_scheduler_type=bogus", r"lr_scheduler_type='bogus' is invalid; expected linear, cosine"),
-    ("training.sft_config.report_to=surely_not_installed_tracker", r"needs the surely_not_installed_tracker package"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "training.sft_config.lr_scheduler_type=bogus",
+            r"lr_scheduler_type='bogus' is invalid; expected linear, cosine",
+        ),
+        (
+            "training.sft_config.report_to=surely_not_installed_tracker",
+            r"needs the surely_not_installed_tracker package",
+        ),
+    ],
+)
 def test_training_settings_are_checked_before_anything_runs(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config([override])

@@ -17,33 +17,97 @@ from pettingllms import envs, sandbox
 from pettingllms.envs.code import extract_code, parse_test_cases
 from pettingllms.envs.math import printed_answer
 from pettingllms.envs.math_tasks import extract_boxed
-from pettingllms.envs.planning import (ReplyParseError, answer_text, extract_python_block, parse_moves,
-                                       parse_number_grid)
+from pettingllms.envs.planning import ReplyParseError, answer_text, extract_python_block, parse_moves, parse_number_grid
 from pettingllms.exceptions import DataError
 from pettingllms.runner import read_ledger
 from pettingllms.training.data import read_records
 
 # tmp_path is shared by the examples of one test on purpose: each example rewrites its file.
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 FRAGMENTS = [
-    "```", "```python\n", "```py\n", "```python3\n", "```Python \n", "```input\n", "```output\n", "```\n",
-    "Actions:", "actions:", "ACTIONS: ", "Actions: [", "\\boxed{", "\\fbox{", "\\boxed {", "{", "}", "[", "]",
-    "[[", "]]", "(", ")", "Up", "down", "LEFT", "r", "U", "→", "->", ",", ";", ".", "'", '"', "`", "*",
-    "\n", "\n\n", " ", "\t", "\r\n", "\r", "\x00", "\ufeff", "\u2028", "\ud7ff", "é", "数", "🙂",
-    "1", "9", "0", "-3", "12345678901234567890", "1e309", "\\frac{1}{2}", "^", "10^{10}",
-    "assert ", "assert f(1) == 2\n", "def f(x):\n    return x\n", "print('Actions: [\"Up\"]')\n",
-    "import sys\n", "while True: pass\n", "<think>", "</think>", "####", "=",
+    "```",
+    "```python\n",
+    "```py\n",
+    "```python3\n",
+    "```Python \n",
+    "```input\n",
+    "```output\n",
+    "```\n",
+    "Actions:",
+    "actions:",
+    "ACTIONS: ",
+    "Actions: [",
+    "\\boxed{",
+    "\\fbox{",
+    "\\boxed {",
+    "{",
+    "}",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "(",
+    ")",
+    "Up",
+    "down",
+    "LEFT",
+    "r",
+    "U",
+    "→",
+    "->",
+    ",",
+    ";",
+    ".",
+    "'",
+    '"',
+    "`",
+    "*",
+    "\n",
+    "\n\n",
+    " ",
+    "\t",
+    "\r\n",
+    "\r",
+    "\x00",
+    "\ufeff",
+    "\u2028",
+    "\ud7ff",
+    "é",
+    "数",
+    "🙂",
+    "1",
+    "9",
+    "0",
+    "-3",
+    "12345678901234567890",
+    "1e309",
+    "\\frac{1}{2}",
+    "^",
+    "10^{10}",
+    "assert ",
+    "assert f(1) == 2\n",
+    "def f(x):\n    return x\n",
+    "print('Actions: [\"Up\"]')\n",
+    "import sys\n",
+    "while True: pass\n",
+    "<think>",
+    "</think>",
+    "####",
+    "=",
 ]
 fragment = st.sampled_from(FRAGMENTS)
 # One fragment (or a short random string) repeated thousands of times: the linear-time claims.
 huge_repeat = st.tuples(st.one_of(fragment, st.text(min_size=1, max_size=4)), st.integers(500, 10_000)).map(
-    lambda pair: pair[0] * pair[1])
+    lambda pair: pair[0] * pair[1]
+)
 # A program or test block whose expression nests thousands deep (degenerate "1+1+1+..." output).
 DEEP_NESTING = "```python\nassert " + "-" * 100_000 + "1\n```"
-nested_block = st.tuples(st.sampled_from(["-", "~", "not ", "1+", "a.", "()", "(", "[", "lambda:", "a if b else "]),
-                         st.integers(100, 60_000)).map(lambda pair: f"```python\nassert {pair[0] * pair[1]}1\n```")
+nested_block = st.tuples(
+    st.sampled_from(["-", "~", "not ", "1+", "a.", "()", "(", "[", "lambda:", "a if b else "]), st.integers(100, 60_000)
+).map(lambda pair: f"```python\nassert {pair[0] * pair[1]}1\n```")
 reply_text = st.one_of(
     st.text(),
     st.lists(st.one_of(fragment, st.text(max_size=12)), max_size=40).map("".join),
@@ -58,8 +122,14 @@ reply_text = st.one_of(
 @FUZZ
 @given(reply_text)
 def test_planning_parsers_raise_only_reply_parse_error(text):
-    for parse in (extract_python_block, answer_text, lambda t: answer_text(t, multiline=True), parse_moves,
-                  lambda t: parse_number_grid(t, 4), lambda t: parse_number_grid(t, 9)):
+    for parse in (
+        extract_python_block,
+        answer_text,
+        lambda t: answer_text(t, multiline=True),
+        parse_moves,
+        lambda t: parse_number_grid(t, 4),
+        lambda t: parse_number_grid(t, 9),
+    ):
         try:
             value = parse(text)
         except ReplyParseError as error:
@@ -114,8 +184,12 @@ def fast_sandbox(monkeypatch):
 @pytest.fixture(scope="module")
 def stdio_tasks(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz_data") / "stdio.jsonl"
-    task = {"question": "Print the sum of two numbers.", "test_input": ["1 2\n"], "test_output": ["3\n"],
-            "solution": "a, b = map(int, input().split())\nprint(a + b)\n"}
+    task = {
+        "question": "Print the sum of two numbers.",
+        "test_input": ["1 2\n"],
+        "test_output": ["3\n"],
+        "solution": "a, b = map(int, input().split())\nprint(a + b)\n",
+    }
     path.write_text(json.dumps(task) + "\n")
     return str(path)
 
@@ -165,23 +239,34 @@ def test_env_step_never_raises_on_any_reply(name, position, fast_sandbox, stdio_
 # -- the readers -------------------------------------------------------------------------
 
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=8)
-message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "assistant", "system"]), json_value),
-                                 "content": st.one_of(st.text(max_size=10), json_value)})
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+message = st.fixed_dictionaries(
+    {
+        "role": st.one_of(st.sampled_from(["user", "assistant", "system"]), json_value),
+        "content": st.one_of(st.text(max_size=10), json_value),
+    }
+)
 record_like = st.one_of(
     json_value,
-    st.fixed_dictionaries({"messages": st.one_of(st.lists(message, max_size=3), json_value)},
-                          optional={"metadata": json_value}),
-    st.fixed_dictionaries({"prompt": json_value}, optional={"response": json_value, "completion": json_value,
-                                                          "metadata": json_value}),
+    st.fixed_dictionaries(
+        {"messages": st.one_of(st.lists(message, max_size=3), json_value)}, optional={"metadata": json_value}
+    ),
+    st.fixed_dictionaries(
+        {"prompt": json_value}, optional={"response": json_value, "completion": json_value, "metadata": json_value}
+    ),
 )
 jsonl_bytes = st.one_of(
     st.binary(max_size=300),
     st.lists(st.one_of(record_like.map(json.dumps), st.text(max_size=20)), max_size=5).map(
-        lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")),
-    st.lists(st.one_of(record_like.map(json.dumps), st.binary(max_size=10).map(lambda b: b.decode("latin-1"))),
-             max_size=5).map(lambda lines: "\n".join(lines).encode()),
+        lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
+    ),
+    st.lists(
+        st.one_of(record_like.map(json.dumps), st.binary(max_size=10).map(lambda b: b.decode("latin-1"))), max_size=5
+    ).map(lambda lines: "\n".join(lines).encode()),
     st.sampled_from([b"1" * 5000, b"[" * 100_000, b'{"messages": ' + b"[" * 50_000, b"\xff\xfe", b"\n\n"]),
 )
 
@@ -207,12 +292,16 @@ def test_read_records_returns_records_or_raises_data_error(tmp_path, data):
         assert isinstance(record["metadata"], dict)
 
 
-episode_like = st.one_of(json_value, st.fixed_dictionaries({"episode_id": json_value}, optional={"turns": json_value}),
-                         st.fixed_dictionaries({"episode_id": st.text(max_size=8)}))
+episode_like = st.one_of(
+    json_value,
+    st.fixed_dictionaries({"episode_id": json_value}, optional={"turns": json_value}),
+    st.fixed_dictionaries({"episode_id": st.text(max_size=8)}),
+)
 ledger_bytes = st.one_of(
     st.binary(max_size=300),
     st.lists(st.one_of(episode_like.map(json.dumps), st.text(max_size=20)), max_size=5).map(
-        lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")),
+        lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
+    ),
     st.lists(episode_like.map(json.dumps), max_size=5).map(lambda lines: "".join(x + "\n" for x in lines).encode()),
     st.sampled_from([b"1" * 5000 + b"\n", b"[" * 100_000 + b"\n", b"\xff\xfe\n", b"\n\n"]),
 )

@@ -187,8 +187,9 @@ def test_a_lora_adapter_folder_is_loaded_on_its_base_model(tmp_path):
     from pettingllms.tiny_model import tiny_model_path
 
     base_dir = tiny_model_path()
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
     with torch.no_grad():
         for name, weight in peft_model.named_parameters():
             if "lora_B" in name:
@@ -203,6 +204,9 @@ def test_a_lora_adapter_folder_is_loaded_on_its_base_model(tmp_path):
     query = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(loaded[query], dict(base.named_parameters())[query])
     assert torch.equal(loaded["model.embed_tokens.weight"], dict(base.named_parameters())["model.embed_tokens.weight"])
-    reply = asyncio.run(policy.generate(GenerationRequest([{"role": "user", "content": "hi"}],
-                                                          SamplingParams(temperature=0, max_tokens=4))))
+    reply = asyncio.run(
+        policy.generate(
+            GenerationRequest([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4))
+        )
+    )
     assert isinstance(reply.text, str) and reply.prompt_text.startswith("<|im_start|>user")

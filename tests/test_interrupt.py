@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from test_resume import (
+    check_consistent,
+    collect_command,
+    kill_group,
+    read_jsonl,
+    run_collect_command,
+    start_collect,
+    wait_for_lines,
+)
 
 from pettingllms.runner import RunFiles
-from test_resume import (check_consistent, collect_command, kill_group, read_jsonl, run_collect_command,
-                         start_collect, wait_for_lines)
 
 EPISODES = 16
 STOP_WITHIN_S = 15.0
@@ -56,12 +63,15 @@ def resume_and_finish(files: RunFiles, interrupted_at: int) -> None:
     check_consistent(files, EPISODES)
 
 
-@pytest.mark.parametrize("name, send, status", [
-    # Ctrl-C in a terminal signals the whole foreground process group.
-    pytest.param("sigint", lambda process: os.killpg(process.pid, signal.SIGINT), 130, id="sigint"),
-    # A process manager (systemd, docker stop, slurm) sends SIGTERM to the main process only.
-    pytest.param("sigterm", lambda process: os.kill(process.pid, signal.SIGTERM), 143, id="sigterm"),
-])
+@pytest.mark.parametrize(
+    "name, send, status",
+    [
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        pytest.param("sigint", lambda process: os.killpg(process.pid, signal.SIGINT), 130, id="sigint"),
+        # A process manager (systemd, docker stop, slurm) sends SIGTERM to the main process only.
+        pytest.param("sigterm", lambda process: os.kill(process.pid, signal.SIGTERM), 143, id="sigterm"),
+    ],
+)
 def test_signal_stops_cleanly_and_the_same_command_resumes(tmp_path, name, send, status):
     files = RunFiles(tmp_path, name)
     process, took, stderr = interrupt_after_some_episodes(tmp_path, name, send)

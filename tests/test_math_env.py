@@ -11,15 +11,23 @@ import pytest
 
 import pettingllms
 from pettingllms.envs.math import MathEnv, printed_answer
-from pettingllms.envs.math_tasks import (PROBLEM_KINDS, answers_match, extract_boxed, generate_problem, load_math_tasks,
-                                         wrong_answer)
+from pettingllms.envs.math_tasks import (
+    PROBLEM_KINDS,
+    answers_match,
+    extract_boxed,
+    generate_problem,
+    load_math_tasks,
+    wrong_answer,
+)
 from pettingllms.exceptions import DataError
 
 ROWS = [
     {"question": "What is 6 times 7?", "answer": "42"},
     {"question": "What is half of 1?", "answer": "\\frac{1}{2}"},
-    {"question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
-     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72.\n#### 72"},
+    {
+        "question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+        "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72.\n#### 72",
+    },
 ]
 
 
@@ -50,18 +58,36 @@ def program(code):
 # -- math-verify ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gold, answer", [
-    ("\\frac{1}{2}", "0.5"), ("0.5", "\\frac{1}{2}"), ("2", "2.0"), ("1234", "1,234"), ("-\\frac{3}{4}", "-3/4"),
-    ("\\frac{3}{4}", "\\dfrac{3}{4}"), ("2\\sqrt{3}", "\\sqrt{12}"), ("1024", "2^{10}"), ("72", "72"),
-])
+@pytest.mark.parametrize(
+    "gold, answer",
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("0.5", "\\frac{1}{2}"),
+        ("2", "2.0"),
+        ("1234", "1,234"),
+        ("-\\frac{3}{4}", "-3/4"),
+        ("\\frac{3}{4}", "\\dfrac{3}{4}"),
+        ("2\\sqrt{3}", "\\sqrt{12}"),
+        ("1024", "2^{10}"),
+        ("72", "72"),
+    ],
+)
 def test_math_verify_accepts_equivalent_forms(gold, answer):
     assert answers_match(gold, answer)
 
 
-@pytest.mark.parametrize("gold, answer", [
-    ("\\frac{1}{2}", "0.6"), ("2", "3"), ("\\frac{1}{3}", "0.33"), ("72", "hello"), ("5", ""), ("", "5"),
-    ("5", "x" * 5000),
-])
+@pytest.mark.parametrize(
+    "gold, answer",
+    [
+        ("\\frac{1}{2}", "0.6"),
+        ("2", "3"),
+        ("\\frac{1}{3}", "0.33"),
+        ("72", "hello"),
+        ("5", ""),
+        ("", "5"),
+        ("5", "x" * 5000),
+    ],
+)
 def test_math_verify_rejects_wrong_answers(gold, answer):
     assert not answers_match(gold, answer)
 
@@ -105,8 +131,17 @@ def test_generated_problems_are_seeded_and_splits_differ():
     assert sum(a.question != b.question for a, b in zip(train, test)) > 190
     assert train[0].task_id == "math-gen-train-0" and test[0].task_id == "math-gen-test-0"
     assert all(t.answer and "\\boxed" in t.solution and "print(" in t.program for t in train)
-    phrases = ["Compute $", "as a fraction", "Solve for $x$", "committee", "runners", "remainder",
-               "greatest common divisor", "least common multiple", "arithmetic sequence"]
+    phrases = [
+        "Compute $",
+        "as a fraction",
+        "Solve for $x$",
+        "committee",
+        "runners",
+        "remainder",
+        "greatest common divisor",
+        "least common multiple",
+        "arithmetic sequence",
+    ]
     assert all(any(phrase in t.question for t in train) for phrase in phrases), "every kind of problem appears"
     assert len(PROBLEM_KINDS) == 7
     with pytest.raises(DataError, match="split must be 'train' or 'test'"):
@@ -138,8 +173,10 @@ def test_wrong_expert_fails():
     env = pettingllms.make("math_env", max_turns=2)
     for index in range(3):
         steps, info = play(env, lambda e: e.expert_reply(wrong=True), task_index=index)
-        assert info["success"] is False and info["agent_success"] == {"reasoning_generator": False,
-                                                                     "tool_generator": False}
+        assert info["success"] is False and info["agent_success"] == {
+            "reasoning_generator": False,
+            "tool_generator": False,
+        }
         assert len(steps) == 2 and steps[-1][1], "two wrong answers that agree still end the episode"
 
 
@@ -157,8 +194,10 @@ def test_question_answer_jsonl_loads_and_gsm8k_answers_are_extracted(tmp_path):
 
 
 def test_question_solution_parquet_takes_the_boxed_answer(tmp_path):
-    rows = [{"problem": "Compute $1+1$.", "solution": "Adding, we get $\\boxed{2}$."},
-            {"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$."}]
+    rows = [
+        {"problem": "Compute $1+1$.", "solution": "Adding, we get $\\boxed{2}$."},
+        {"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$."},
+    ]
     path = write_parquet(tmp_path / "math.parquet", rows)
     assert [task.answer for task in load_math_tasks(path)] == ["2", "\\frac{1}{2}"]
     env = pettingllms.make("math_env", dataset=path)
@@ -175,8 +214,12 @@ def test_bad_math_files_are_data_errors(tmp_path):
     with pytest.raises(DataError, match=r"missing column\(s\) 'question'"):
         load_math_tasks(write_jsonl(tmp_path / "b.jsonl", [{"text": "q", "answer": "1"}]))
     with pytest.raises(DataError, match="row 1: no answer found"):
-        load_math_tasks(write_jsonl(tmp_path / "c.jsonl", [{"question": "q", "solution": "\\boxed{1}"},
-                                                          {"question": "q", "solution": "no box"}]))
+        load_math_tasks(
+            write_jsonl(
+                tmp_path / "c.jsonl",
+                [{"question": "q", "solution": "\\boxed{1}"}, {"question": "q", "solution": "no box"}],
+            )
+        )
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="has no rows"):
         pettingllms.make("math_env", dataset=str(tmp_path / "empty.jsonl"))
@@ -246,13 +289,21 @@ def test_invalid_replies_are_invalid_actions():
     assert info["valid"] is False and "no ```python code block" in info["parse_error"]
 
 
-@pytest.mark.parametrize("code, why", [
-    ("while True:\n    pass", lambda run: run["timed_out"]),
-    ("import sys\nwhile True:\n    sys.stdout.write('9' * 65536)", lambda run: run["stopped_for"] == "output_limit"),
-    ("blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 26))",
-     lambda run: "MemoryError" in run["stderr_tail"]),
-    ("raise SystemExit(3)", lambda run: run["returncode"] == 3),
-])
+@pytest.mark.parametrize(
+    "code, why",
+    [
+        ("while True:\n    pass", lambda run: run["timed_out"]),
+        (
+            "import sys\nwhile True:\n    sys.stdout.write('9' * 65536)",
+            lambda run: run["stopped_for"] == "output_limit",
+        ),
+        (
+            "blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 26))",
+            lambda run: "MemoryError" in run["stderr_tail"],
+        ),
+        ("raise SystemExit(3)", lambda run: run["returncode"] == 3),
+    ],
+)
 def test_a_failing_tool_program_gives_no_answer_and_says_why(code, why):
     env = pettingllms.make("math_env", max_turns=1, timeout_s=2.0)
     env.reset(options={"task_index": 0})

@@ -64,8 +64,9 @@ def test_merged_model_matches_base_plus_adapter_and_generates(tiny_model, adapte
     assert not torch.allclose(adapter_logits, base_logits, atol=1e-3)  # the adapter does something
     assert torch.allclose(logits_of(merged, tokenizer), adapter_logits, atol=1e-4)
     assert not any("lora" in name for name in merged.state_dict())
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                           return_dict=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
     generated = merged.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
@@ -116,8 +117,14 @@ def test_training_with_merge_lora_writes_a_merged_model(tiny_model, tmp_path):
     }
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
-    settings = SFTSettings(output_dir=str(tmp_path / "out"), max_steps=1, lora_r=4, merge_lora=True,
-                           gradient_accumulation_steps=1, save_steps=100)
+    settings = SFTSettings(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        lora_r=4,
+        merge_lora=True,
+        gradient_accumulation_steps=1,
+        save_steps=100,
+    )
     summary = run_training(settings, [str(data)])
     assert summary["merged_model"] == str(tmp_path / "out" / "merged")
     assert AutoModelForCausalLM.from_pretrained(summary["merged_model"]).config.model_type == "qwen2"

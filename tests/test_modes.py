@@ -12,8 +12,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "pettingllms", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pettingllms", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.slow
@@ -35,11 +41,23 @@ def test_quick_test_runs_the_whole_flow_and_prints_the_summary(tmp_path):
 
 @pytest.mark.slow
 def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
-    collected = run_cli("collect", "policy=expert", "env.name=sudoku", "training.sft_num_episodes=4",
-                        "training.run_name=r1", "training.sft_data_dir=data", cwd=tmp_path)
+    collected = run_cli(
+        "collect",
+        "policy=expert",
+        "env.name=sudoku",
+        "training.sft_num_episodes=4",
+        "training.run_name=r1",
+        "training.sft_data_dir=data",
+        cwd=tmp_path,
+    )
     assert collected.returncode == 0, collected.stderr[-3000:]
-    trained = run_cli("train", "training.sft_data_dir=data", "training.sft_config.max_steps=2",
-                      "training.sft_config.output_dir=model", cwd=tmp_path)  # newest sft_data_*.jsonl
+    trained = run_cli(
+        "train",
+        "training.sft_data_dir=data",
+        "training.sft_config.max_steps=2",
+        "training.sft_config.output_dir=model",
+        cwd=tmp_path,
+    )  # newest sft_data_*.jsonl
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
     assert summary["data_files"] == ["data/sft_data_r1.jsonl"] or summary["data_files"][0].endswith("sft_data_r1.jsonl")
@@ -53,8 +71,15 @@ def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), tmp_path / "model")
     assert any("lora_" in name for name, _ in model.named_parameters())
 
-    merge = ("merge-lora", "--base_model_name", str(tiny_model_path()), "--lora_model_path", "model",
-             "--output_path", "merged")
+    merge = (
+        "merge-lora",
+        "--base_model_name",
+        str(tiny_model_path()),
+        "--lora_model_path",
+        "model",
+        "--output_path",
+        "merged",
+    )
     merged = run_cli(*merge, cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr[-3000:]
     standalone = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
@@ -65,8 +90,15 @@ def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
 
 
 def test_run_with_training_off_only_collects(tmp_path):
-    result = run_cli("run", "policy=expert", "training.sft_num_episodes=2", "training.run_sft_training=false",
-                     "training.sft_data_dir=data", "training.sft_config.output_dir=model", cwd=tmp_path)
+    result = run_cli(
+        "run",
+        "policy=expert",
+        "training.sft_num_episodes=2",
+        "training.run_sft_training=false",
+        "training.sft_data_dir=data",
+        "training.sft_config.output_dir=model",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "collected only" in result.stdout
     assert list((tmp_path / "data").glob("sft_data_*.jsonl")) and not (tmp_path / "model").exists()
@@ -79,10 +111,19 @@ def test_train_without_any_data_says_what_to_do(tmp_path):
 
 
 def test_collect_only_script_writes_data(tmp_path):
-    env = {"POLICY": "expert", "NUM_EPISODES": "2", "RUN_NAME": "scripted", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
-    result = subprocess.run(["bash", str(REPO / "scripts/sft_train/math_sft_collect_only.sh"),
-                             f"training.sft_data_dir={tmp_path}"], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=600)
+    env = {
+        "POLICY": "expert",
+        "NUM_EPISODES": "2",
+        "RUN_NAME": "scripted",
+        "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms"),
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts/sft_train/math_sft_collect_only.sh"), f"training.sft_data_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((tmp_path / "sft_data_scripted_stats.json").read_text())
     assert stats["env_name"] == "math_env" and stats["total_episodes"] == 2
@@ -92,10 +133,19 @@ def test_collect_only_script_writes_data(tmp_path):
 def test_collect_and_train_script_trains_on_the_run_it_collected(tmp_path):
     """Default RUN_NAME is a timestamp: it must stay text (not become a number) end to end."""
     env = {"POLICY": "expert", "NUM_EPISODES": "2", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
-    result = subprocess.run(["bash", str(REPO / "scripts/sft_train/code_sft_collect_and_train.sh"),
-                             f"training.sft_data_dir={tmp_path / 'data'}", "training.sft_config.max_steps=1",
-                             f"training.sft_config.output_dir={tmp_path / 'model'}"],
-                            capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts/sft_train/code_sft_collect_and_train.sh"),
+            f"training.sft_data_dir={tmp_path / 'data'}",
+            "training.sft_config.max_steps=1",
+            f"training.sft_config.output_dir={tmp_path / 'model'}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = list((tmp_path / "data").glob("sft_data_*.jsonl"))
     assert len(records) == 1 and "_" in records[0].stem.removeprefix("sft_data_")
@@ -105,9 +155,18 @@ def test_collect_and_train_script_trains_on_the_run_it_collected(tmp_path):
 
 @pytest.mark.slow
 def test_run_with_role_specialized_agents_trains_one_adapter_per_policy(tmp_path):
-    result = run_cli("run", "policy=expert", "policies.teacher.backend=expert", "agents.tool.policy=teacher",
-                     "env.name=sudoku", "training.sft_num_episodes=3", "training.sft_data_dir=data",
-                     "training.sft_config.max_steps=1", "training.sft_config.output_dir=model", cwd=tmp_path)
+    result = run_cli(
+        "run",
+        "policy=expert",
+        "policies.teacher.backend=expert",
+        "agents.tool.policy=teacher",
+        "env.name=sudoku",
+        "training.sft_num_episodes=3",
+        "training.sft_data_dir=data",
+        "training.sft_config.max_steps=1",
+        "training.sft_config.output_dir=model",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "one adapter per policy" in result.stdout
     for policy in ("expert", "teacher"):  # the planner's shared policy is named 'expert' by configs/policy/expert.yaml

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+# pytest puts tests/ on sys.path (no __init__.py there), so the helpers import by name.
+from servers import transformers_serve
+
 from pettingllms.config import load_config
 from pettingllms.policies import GenerationRequest, SamplingParams
 from pettingllms.policies.openai import OpenAIPolicy
 from pettingllms.runner import collect
-# pytest puts tests/ on sys.path (no __init__.py there), so the helpers import by name.
-from servers import transformers_serve
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +59,24 @@ def test_both_endpoints_answer(served_model, mode):
 def test_collection_through_transformers_serve(served_model, mode, tmp_path, monkeypatch):
     base_url, model_dir = served_model
     monkeypatch.setenv("PETTINGLLMS_TEST_API_KEY", SECRET_KEY)
-    result = collect(load_config([
-        "policy=openai", f"policy.base_url={base_url}", f"policy.model={model_dir}", f"policy.mode={mode}",
-        f"policy.model_path={model_dir}", "policy.api_key_env=PETTINGLLMS_TEST_API_KEY", "policy.max_tokens=16",
-        "env.max_turns=1", "training.sft_num_episodes=20", "training.only_success=false",
-        f"training.sft_data_dir={tmp_path}", "training.run_name=served"]))
+    result = collect(
+        load_config(
+            [
+                "policy=openai",
+                f"policy.base_url={base_url}",
+                f"policy.model={model_dir}",
+                f"policy.mode={mode}",
+                f"policy.model_path={model_dir}",
+                "policy.api_key_env=PETTINGLLMS_TEST_API_KEY",
+                "policy.max_tokens=16",
+                "env.max_turns=1",
+                "training.sft_num_episodes=20",
+                "training.only_success=false",
+                f"training.sft_data_dir={tmp_path}",
+                "training.run_name=served",
+            ]
+        )
+    )
     assert result.stats["errors"] == {}
     assert result.stats["total_episodes"] == 20
     episodes = [json.loads(line) for line in result.files.rollouts.read_text().splitlines()]

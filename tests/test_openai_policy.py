@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+# pytest puts tests/ on sys.path (no __init__.py there), so the helpers import by name.
+from servers import FaultyServer, free_port
+
 from pettingllms.config import load_config
 from pettingllms.exceptions import ConfigError, PolicyError
 from pettingllms.policies import GenerationRequest, SamplingParams
 from pettingllms.policies.openai import OpenAIPolicy, RetryPolicy, ServerPool, normalize_base_url, parse_retry_after
 from pettingllms.runner import collect
-# pytest puts tests/ on sys.path (no __init__.py there), so the helpers import by name.
-from servers import FaultyServer, free_port
 
 MESSAGES = [{"role": "system", "content": "You move boxes."}, {"role": "user", "content": "Which move?"}]
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
@@ -35,6 +36,7 @@ def make_policy(*servers: FaultyServer | str, **settings) -> OpenAIPolicy:
 
 def generate(policy: OpenAIPolicy, count: int = 1, sampling: SamplingParams | None = None) -> list:
     """Run `count` concurrent requests in a fresh event loop; close the policy after."""
+
     async def main():
         try:
             requests = [GenerationRequest(MESSAGES, sampling or SamplingParams(max_tokens=8)) for _ in range(count)]
@@ -66,8 +68,16 @@ def test_transient_failures_are_retried_until_success():
     assert server.outcomes == ["429", "500", "drop", "ok"]
 
 
-@pytest.mark.parametrize(("fault", "kind"), [("429", "http_429"), ("500", "http_5xx"), ("drop", "connection"),
-                                              ("hang", "timeout"), ("bad_json", "bad_response")])
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("429", "http_429"),
+        ("500", "http_5xx"),
+        ("drop", "connection"),
+        ("hang", "timeout"),
+        ("bad_json", "bad_response"),
+    ],
+)
 def test_the_error_kind_after_the_last_retry(fault, kind):
     with FaultyServer(schedule=[fault] * 3, hang_s=5.0) as server:
         error = failure_of(make_policy(server, retry=RetryPolicy(2, 0.01), timeout_s=0.3))
@@ -187,8 +197,9 @@ def test_completions_mode_sends_and_returns_the_rendered_template():
     path = str(tiny_model_path())
     with FaultyServer() as server:
         [generation] = generate(make_policy(server, mode="completions", tokenizer_path=path))
-    expected = AutoTokenizer.from_pretrained(path).apply_chat_template(MESSAGES, tokenize=False,
-                                                                       add_generation_prompt=True)
+    expected = AutoTokenizer.from_pretrained(path).apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=True
+    )
     body = json.loads(server.log[0]["body"])
     assert server.log[0]["path"] == "/v1/completions"
     assert body["prompt"] == generation.prompt_text == expected
@@ -249,10 +260,21 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_a_collection_against_a_flaky_server_accounts_for_every_episode(tmp_path):
     with FaultyServer(failure_rate=0.3, seed=3, hang_s=10.0) as server:
-        result = collect(load_config([
-            "env.name=sokoban", "policy=openai", f"policy.base_url={server.base_url}", "policy.model=faulty-model",
-            "policy.timeout_s=0.5", "policy.max_retries=1", "training.sft_num_episodes=20",
-            f"training.sft_data_dir={tmp_path}", "training.run_name=flaky"]))
+        result = collect(
+            load_config(
+                [
+                    "env.name=sokoban",
+                    "policy=openai",
+                    f"policy.base_url={server.base_url}",
+                    "policy.model=faulty-model",
+                    "policy.timeout_s=0.5",
+                    "policy.max_retries=1",
+                    "training.sft_num_episodes=20",
+                    f"training.sft_data_dir={tmp_path}",
+                    "training.run_name=flaky",
+                ]
+            )
+        )
     episodes = read_jsonl(result.files.rollouts)
     stats = json.loads(result.files.stats.read_text())
     assert len({episode["episode_id"] for episode in episodes}) == len(episodes) == 20

@@ -4,24 +4,52 @@ from pettingllms.records import CollectionStats, RecordFilter, make_record, reco
 
 
 def turn(agent, turn_idx, trainable=True, valid=True, response="reply"):
-    return {"turn_idx": turn_idx, "agent": agent, "policy_name": "shared_model", "trainable": trainable,
-            "messages": [{"role": "user", "content": f"prompt {agent} {turn_idx}"}], "response": response,
-            "reward": 1.0, "valid": valid, "parse_error": None if valid else "bad", "details": {},
-            "prompt_tokens": 3, "completion_tokens": 2}
+    return {
+        "turn_idx": turn_idx,
+        "agent": agent,
+        "policy_name": "shared_model",
+        "trainable": trainable,
+        "messages": [{"role": "user", "content": f"prompt {agent} {turn_idx}"}],
+        "response": response,
+        "reward": 1.0,
+        "valid": valid,
+        "parse_error": None if valid else "bad",
+        "details": {},
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+    }
 
 
 def episode(episode_id, success, agent_success=None, error=None, task_id="t0", turns=None):
-    return {"episode_id": episode_id, "env_name": "sokoban", "env_idx": 0, "rollout_idx": 0, "seed": 0,
-            "task_id": task_id, "success": success, "agent_success": agent_success or {}, "error": error,
-            "turns": turns if turns is not None else [turn("tool", 0), turn("planner", 1)]}
+    return {
+        "episode_id": episode_id,
+        "env_name": "sokoban",
+        "env_idx": 0,
+        "rollout_idx": 0,
+        "seed": 0,
+        "task_id": task_id,
+        "success": success,
+        "agent_success": agent_success or {},
+        "error": error,
+        "turns": turns if turns is not None else [turn("tool", 0), turn("planner", 1)],
+    }
 
 
 def test_record_format_is_trl_conversational_with_metadata():
     record = make_record(episode("e1", True), turn("tool", 0, response="Actions: [Up]"))
     assert record["messages"][-1] == {"role": "assistant", "content": "Actions: [Up]"}
     assert record["messages"][0]["role"] == "user"
-    for key in ("agent_name", "policy_name", "reward", "env_success", "env_name", "env_idx", "rollout_idx",
-                "turn_idx", "episode_id"):
+    for key in (
+        "agent_name",
+        "policy_name",
+        "reward",
+        "env_success",
+        "env_name",
+        "env_idx",
+        "rollout_idx",
+        "turn_idx",
+        "episode_id",
+    ):
         assert key in record["metadata"]
     assert record["metadata"]["agent_name"] == "tool" and record["metadata"]["env_success"] is True
 
@@ -72,8 +100,12 @@ def test_record_key_depends_on_agent_prompt_and_response():
 
 def test_stats_count_episodes_and_turns_as_they_are():
     keep, stats = RecordFilter(), CollectionStats("sokoban", "run")
-    episodes = [episode("a", True), episode("b", False), episode("c", False, error={"kind": "timeout", "message": ""}),
-                episode("d", True, turns=[turn("tool", 0, valid=False), turn("planner", 1)])]
+    episodes = [
+        episode("a", True),
+        episode("b", False),
+        episode("c", False, error={"kind": "timeout", "message": ""}),
+        episode("d", True, turns=[turn("tool", 0, valid=False), turn("planner", 1)]),
+    ]
     for item in episodes:
         stats.add(item, keep.keep(item))
     result = stats.to_dict(2.0, keep.removed)

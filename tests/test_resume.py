@@ -33,16 +33,26 @@ SOKOBAN = ["env.name=sokoban", "policy=expert", "policy.error_rate=0.3"]
 
 def collect_command(directory: Path, run_name: str, episodes: int, *extra: str) -> list[str]:
     """The `python -m pettingllms collect ...` command line of a sokoban expert run."""
-    return [sys.executable, "-m", "pettingllms", "collect", *SOKOBAN, f"training.sft_num_episodes={episodes}",
-            "training.rollout_concurrency=4", f"training.sft_data_dir={directory}", f"training.run_name={run_name}",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pettingllms",
+        "collect",
+        *SOKOBAN,
+        f"training.sft_num_episodes={episodes}",
+        "training.rollout_concurrency=4",
+        f"training.sft_data_dir={directory}",
+        f"training.run_name={run_name}",
+        *extra,
+    ]
 
 
 def start_collect(command: list[str]) -> subprocess.Popen:
     """Start a collection in its own process group (so the test can kill all of it)."""
     environment = {**os.environ, "PETTINGLLMS_PROGRESS": "0"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, start_new_session=True
+    )
 
 
 def run_collect_command(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -90,8 +100,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def without_timing(episode: dict) -> dict:
     """An episode minus what depends on the clock."""
-    turns = [{key: value for key, value in turn.items() if key not in ("generate_s", "step_s")}
-             for turn in episode["turns"]]
+    turns = [
+        {key: value for key, value in turn.items() if key not in ("generate_s", "step_s")} for turn in episode["turns"]
+    ]
     return {**{key: value for key, value in episode.items() if key != "wall_time_s"}, "turns": turns}
 
 
@@ -184,8 +195,16 @@ def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tmp_path):
 
 
 def collect_in_process(directory: Path, run_name: str, episodes: int, *extra: str):
-    config = load_config([*SOKOBAN, f"training.sft_num_episodes={episodes}", "training.rollout_concurrency=2",
-                          f"training.sft_data_dir={directory}", f"training.run_name={run_name}", *extra])
+    config = load_config(
+        [
+            *SOKOBAN,
+            f"training.sft_num_episodes={episodes}",
+            "training.rollout_concurrency=2",
+            f"training.sft_data_dir={directory}",
+            f"training.run_name={run_name}",
+            *extra,
+        ]
+    )
     return collect(config)
 
 
@@ -267,14 +286,17 @@ def test_resume_of_a_finished_run_runs_nothing(finished_run, tmp_path, monkeypat
 # -- (d) the config guard -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, setting, old, new", [
-    ("env.name=plan_path", "env", "sokoban", "plan_path"),
-    ("env.max_turns=2", "env", "'max_turns': 3", "'max_turns': 2"),
-    ("training.seed=5", "training.seed", "0", "5"),
-    ("training.num_samples_per_task=2", "training.num_samples_per_task", "1", "2"),
-    ("training.only_success=false", "training.only_success", "True", "False"),
-    ("training.dedup=true", "training.dedup", "False", "True"),
-])
+@pytest.mark.parametrize(
+    "override, setting, old, new",
+    [
+        ("env.name=plan_path", "env", "sokoban", "plan_path"),
+        ("env.max_turns=2", "env", "'max_turns': 3", "'max_turns': 2"),
+        ("training.seed=5", "training.seed", "0", "5"),
+        ("training.num_samples_per_task=2", "training.num_samples_per_task", "1", "2"),
+        ("training.only_success=false", "training.only_success", "True", "False"),
+        ("training.dedup=true", "training.dedup", "False", "True"),
+    ],
+)
 def test_resume_with_other_settings_is_refused_naming_them(finished_run, tmp_path, override, setting, old, new):
     files = copy_run(finished_run, tmp_path / "run")
     before = {path.name: path.read_bytes() for path in files.directory.iterdir()}

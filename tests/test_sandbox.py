@@ -239,8 +239,12 @@ def test_output_cap_is_configurable_and_a_short_run_keeps_its_status():
 def _visible_parent() -> Path:
     for candidate in (Path(__file__).resolve().parent, Path("/var/lib"), Path("/opt"), Path("/srv")):
         hidden = any(str(candidate).startswith(shared + os.sep) for shared in sandbox._SHARED_WRITABLE_DIRS)
-        if candidate.is_dir() and os.access(candidate, os.W_OK) and not hidden \
-                and sandbox._first_closed_directory(str(candidate)) is None:
+        if (
+            candidate.is_dir()
+            and os.access(candidate, os.W_OK)
+            and not hidden
+            and sandbox._first_closed_directory(str(candidate)) is None
+        ):
             return candidate
     pytest.skip("no directory both visible to the sandboxed program and writable by the test")
 
@@ -424,8 +428,11 @@ def test_asyncio_to_thread_callers_work():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"timeout_s": 0}, "timeout_s must be > 0"), ({"memory_mb": 1}, "memory_mb must be >= 32"),
-     ({"max_output_bytes": 0}, "max_output_bytes must be >= 1")],
+    [
+        ({"timeout_s": 0}, "timeout_s must be > 0"),
+        ({"memory_mb": 1}, "memory_mb must be >= 32"),
+        ({"max_output_bytes": 0}, "max_output_bytes must be >= 1"),
+    ],
 )
 def test_bad_limits_are_rejected_before_anything_runs(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -450,11 +457,18 @@ def test_a_collector_whose_venv_lives_under_tmp_can_still_run_programs(tmp_path)
     import site
 
     path = os.pathsep.join([str(repo), *site.getsitepackages()])
-    probe = ("from pettingllms.sandbox import run_python\n"
-             "result = run_python('import sys; print(sys.prefix)')\n"
-             "print(result.returncode, result.stdout.strip(), result.private_tmp)\n")
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": path})
+    probe = (
+        "from pettingllms.sandbox import run_python\n"
+        "result = run_python('import sys; print(sys.prefix)')\n"
+        "print(result.returncode, result.stdout.strip(), result.private_tmp)\n"
+    )
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     returncode, prefix, private_tmp = out.stdout.split()
     assert (returncode, prefix) == ("0", str(venv)), out.stderr
     assert str(tmp_path).startswith("/tmp/") or private_tmp == "False"

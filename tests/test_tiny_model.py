@@ -26,7 +26,7 @@ ROUND_TRIP_STRINGS = [
     "<|im_start|>user\nMove the box.<|im_end|>\n<|im_start|>assistant\n",
     "<|endoftext|><|im_end|>x<|im_start|>",
     "#######\n#.@ $_#\n#__.__#\n#######",
-    "Actions: [\"Up\", \"Down\", \"Left\", \"Right\"]",
+    'Actions: ["Up", "Down", "Left", "Right"]',
     "I'll say we've 12345 + 3.14159 = \\boxed{12348.14159}",
     "   leading and trailing   ",
 ]
@@ -85,9 +85,7 @@ def test_tokenizer_config_names_qwen2(tiny_dir):
 def test_chat_template_renders_chatml(loaded_tokenizer):
     rendered = loaded_tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
     assert rendered == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n"
-        "<|im_start|>user\nWhere to?<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere to?<|im_end|>\n<|im_start|>assistant\n"
     )
     full = loaded_tokenizer.apply_chat_template(CHAT, tokenize=False)
     assert full.endswith("<|im_start|>assistant\nDown<|im_end|>\n")

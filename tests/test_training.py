@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from pettingllms.exceptions import ModelNotFoundError
+from pettingllms.tiny_model import tiny_model_path
 from pettingllms.training.config import SFTSettings
 from pettingllms.training.sft import build_datasets, build_trainer, load_model, load_tokenizer, run_training
-from pettingllms.tiny_model import tiny_model_path
 
 SYSTEM = "You are the planner. Reply with moves."
 
@@ -30,9 +30,17 @@ def make_record(index: int, policy: str = "shared", agent: str = "planner", repl
             {"role": "user", "content": f"Grid {index}: push the box to the goal."},
             {"role": "assistant", "content": reply or f"Actions: Up Left {index}"},
         ],
-        "metadata": {"agent_name": agent, "policy_name": policy, "reward": 1.0, "env_success": True,
-                     "env_name": "sokoban", "env_idx": 0, "rollout_idx": index, "turn_idx": 0,
-                     "episode_id": f"ep{index}"},
+        "metadata": {
+            "agent_name": agent,
+            "policy_name": policy,
+            "reward": 1.0,
+            "env_success": True,
+            "env_name": "sokoban",
+            "env_idx": 0,
+            "rollout_idx": index,
+            "turn_idx": 0,
+            "episode_id": f"ep{index}",
+        },
     }
 
 
@@ -43,9 +51,17 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
 
 def quick_settings(output_dir: Path, **overrides) -> SFTSettings:
     """Settings for a training of a few seconds on CPU."""
-    values = dict(output_dir=str(output_dir), max_steps=2, per_device_train_batch_size=2,
-                  gradient_accumulation_steps=1, learning_rate=1e-3, lora_r=4, lora_alpha=8,
-                  logging_steps=1, save_steps=100)
+    values = dict(
+        output_dir=str(output_dir),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        lora_r=4,
+        lora_alpha=8,
+        logging_steps=1,
+        save_steps=100,
+    )
     return SFTSettings(**(values | overrides))
 
 
@@ -203,8 +219,11 @@ def test_error_when_the_tokenizer_has_no_chat_template(tmp_path, tiny_model):
 def test_missing_model_is_a_one_line_error(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(0)])
     missing = str(tmp_path / "no_such_model")
-    with pytest.raises(ModelNotFoundError, match=f"^Model '{missing}' is neither a local folder nor a Hub id in the "
-                                                 r"local cache\. pettingllms accepts .*nothing is downloaded\.$"):
+    with pytest.raises(
+        ModelNotFoundError,
+        match=f"^Model '{missing}' is neither a local folder nor a Hub id in the "
+        r"local cache\. pettingllms accepts .*nothing is downloaded\.$",
+    ):
         run_training(quick_settings(tmp_path / "out", model_name_or_path=missing), [data])
 
 
@@ -224,9 +243,21 @@ def test_torchrun_two_cpu_processes_share_the_data(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(8)])
     output = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "pettingllms.training.sft", "--data", data,
-               f"output_dir={output}", "num_train_epochs=1", "per_device_train_batch_size=1",
-               "gradient_accumulation_steps=1", "lora_r=4", "save_steps=100"]
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pettingllms.training.sft",
+        "--data",
+        data,
+        f"output_dir={output}",
+        "num_train_epochs=1",
+        "per_device_train_batch_size=1",
+        "gradient_accumulation_steps=1",
+        "lora_r=4",
+        "save_steps=100",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]

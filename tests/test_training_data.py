@@ -250,7 +250,10 @@ def test_long_and_empty_samples_are_dropped_and_counted():
     records = [multi_turn_record() for _ in range(4)]
     records[1]["messages"][-1]["content"] = "<think>never answered"
     records[2]["messages"][-1]["content"] = "x" * 500
-    count_tokens = lambda sample: sum(len(m["content"]) for m in sample["prompt"] + sample["completion"])
+
+    def count_tokens(sample):
+        return sum(len(m["content"]) for m in sample["prompt"] + sample["completion"])
+
     samples, dropped = build_samples(records, "strip", max_length=100, count_tokens=count_tokens)
     assert len(samples) == 2
     assert dropped == {"empty_reply": 1, "too_long": 1}

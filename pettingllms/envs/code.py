@@ -9,8 +9,14 @@ from typing import Any
 import numpy as np
 
 from pettingllms.envs.base import Message, TurnBasedTextEnv, TurnResult
-from pettingllms.envs.code_tasks import (CodeTask, check_tests, function_program, load_code_tasks, outputs_match,
-                                         sample_asserts)
+from pettingllms.envs.code_tasks import (
+    CodeTask,
+    check_tests,
+    function_program,
+    load_code_tasks,
+    outputs_match,
+    sample_asserts,
+)
 from pettingllms.exceptions import ConfigError
 
 MAX_GENERATED_TESTS = 10
@@ -61,12 +67,24 @@ def run_program(program: str, stdin: str = "", timeout_s: float = 10.0) -> dict[
     try:
         result = run_python(program, stdin=stdin, timeout_s=timeout_s)
     except SandboxError as error:
-        return {"ok": False, "returncode": None, "timed_out": False, "stopped_for": "sandbox_error",
-                "stdout": "", "stderr_tail": str(error)[-TAIL_CHARS:]}
+        return {
+            "ok": False,
+            "returncode": None,
+            "timed_out": False,
+            "stopped_for": "sandbox_error",
+            "stdout": "",
+            "stderr_tail": str(error)[-TAIL_CHARS:],
+        }
     # The run's temporary directory is random: drop it so identical runs log identical text.
     stderr = re.sub(rf"/\S*{WORKDIR_PREFIX}[^/\s]*/", "", result.stderr)
-    return {"ok": result.ok, "returncode": result.returncode, "timed_out": result.timed_out,
-            "stopped_for": result.stopped_for, "stdout": result.stdout, "stderr_tail": _tail(stderr)}
+    return {
+        "ok": result.ok,
+        "returncode": result.returncode,
+        "timed_out": result.timed_out,
+        "stopped_for": result.stopped_for,
+        "stdout": result.stdout,
+        "stderr_tail": _tail(stderr),
+    }
 
 
 def _why(run: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +156,16 @@ class CodeEnv(TurnBasedTextEnv):
     default_max_turns = 3
     task_source = "HumanEval (bundled) or stdin/stdout task files"
 
-    def __init__(self, max_turns: int | None = None, render_mode: str | None = None, dataset: str = "humaneval",
-                 shuffle: bool = False, split: str = "train", timeout_s: float = 10.0, shuffle_seed: int = 0):
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+        dataset: str = "humaneval",
+        shuffle: bool = False,
+        split: str = "train",
+        timeout_s: float = 10.0,
+        shuffle_seed: int = 0,
+    ):
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         if split not in ("train", "test"):
             raise ConfigError(f"env.split must be 'train' or 'test', got {split!r}.")
@@ -182,8 +208,9 @@ class CodeEnv(TurnBasedTextEnv):
         details: dict[str, Any] = {"ground_truth": truth}
         if self.tests is not None:
             self.cross_result = details["generated_tests"] = self._run_generated(code, self.tests)
-        return TurnResult(reward=float(self.solution_passes), agent_success=self.solution_passes,
-                          done=self._agreed(), details=details)
+        return TurnResult(
+            reward=float(self.solution_passes), agent_success=self.solution_passes, done=self._agreed(), details=details
+        )
 
     def _apply_tests(self, text: str) -> TurnResult:
         tests, error = self._parse_tests(text)
@@ -251,8 +278,15 @@ class CodeEnv(TurnBasedTextEnv):
         for number, (stdin, expected) in enumerate(cases):
             run = self._run(code, stdin)
             if not run["ok"] or not outputs_match(expected, run["stdout"]):
-                return {"passed": False, "cases": len(cases), "failed_case": number, "input": _tail(stdin),
-                        "expected": _tail(expected), "got": _tail(run["stdout"]), **_why(run)}
+                return {
+                    "passed": False,
+                    "cases": len(cases),
+                    "failed_case": number,
+                    "input": _tail(stdin),
+                    "expected": _tail(expected),
+                    "got": _tail(run["stdout"]),
+                    **_why(run),
+                }
         return {"passed": True, "cases": len(cases)}
 
     # -- prompts --------------------------------------------------------------------------
@@ -264,23 +298,34 @@ class CodeEnv(TurnBasedTextEnv):
 
     def _code_system(self) -> str:
         if self.task.kind == "function":
-            form = (f"Write the complete function `{self.task.entry_point}`, with the imports it needs, in one "
-                    f"```python code block.")
+            form = (
+                f"Write the complete function `{self.task.entry_point}`, with the imports it needs, in one "
+                f"```python code block."
+            )
         else:
-            form = ("Write a complete program that reads standard input and writes standard output, in one "
-                    "```python code block.")
-        return ("You are the code generator of a team solving a programming task; a test generator tests your "
-                f"code. {form}")
+            form = (
+                "Write a complete program that reads standard input and writes standard output, in one "
+                "```python code block."
+            )
+        return (
+            f"You are the code generator of a team solving a programming task; a test generator tests your code. {form}"
+        )
 
     def _tests_system(self) -> str:
         if self.task.kind == "function":
-            form = (f"Reply with one ```python code block of assert statements that call `{self.task.entry_point}`, "
-                    f"for example `assert {self.task.entry_point}(...) == ...`.")
+            form = (
+                f"Reply with one ```python code block of assert statements that call `{self.task.entry_point}`, "
+                f"for example `assert {self.task.entry_point}(...) == ...`."
+            )
         else:
-            form = ("Reply with 1 to 10 test cases, each an ```input block holding the standard input followed by an "
-                    "```output block holding the exact expected output.")
-        return ("You are the test generator of a team solving a programming task: write tests that a correct "
-                f"solution passes and a wrong one fails. {form}")
+            form = (
+                "Reply with 1 to 10 test cases, each an ```input block holding the standard input followed by an "
+                "```output block holding the exact expected output."
+            )
+        return (
+            "You are the test generator of a team solving a programming task: write tests that a correct "
+            f"solution passes and a wrong one fails. {form}"
+        )
 
     def _task_section(self) -> str:
         return "## Task\n" + self.task.question.strip("\n")
@@ -293,8 +338,10 @@ class CodeEnv(TurnBasedTextEnv):
             parts.append(f"## The test generator's tests\n{self._render_tests(self.tests)}")
         if self.cross_result is not None:
             parts.append(f"## Your latest solution on those tests\n{self._render_result(self.cross_result)}")
-            parts.append("Fix your solution where a test shows a real bug (a test itself may be wrong), and reply "
-                         "with the complete solution in one ```python block.")
+            parts.append(
+                "Fix your solution where a test shows a real bug (a test itself may be wrong), and reply "
+                "with the complete solution in one ```python block."
+            )
         else:
             parts.append("Reply with your solution in one ```python block.")
         return "\n\n".join(parts)
@@ -332,8 +379,10 @@ class CodeEnv(TurnBasedTextEnv):
             why = "its output differs"
         if "failed_case" not in result:
             return f"Failed: {why}"
-        return (f"Failed test case {result['failed_case'] + 1} of {result['cases']}: {why}\n"
-                f"input:\n{result['input']}\nexpected:\n{result['expected']}\ngot:\n{result['got']}")
+        return (
+            f"Failed test case {result['failed_case'] + 1} of {result['cases']}: {why}\n"
+            f"input:\n{result['input']}\nexpected:\n{result['expected']}\ngot:\n{result['got']}"
+        )
 
     # -- the expert -----------------------------------------------------------------------
 
@@ -345,8 +394,11 @@ class CodeEnv(TurnBasedTextEnv):
     def _expert_solution(self, wrong: bool) -> str:
         if wrong:
             # Plausible mistakes: a function that returns nothing, a program that forgets to print.
-            code = (f"{self.task.question}    return None\n" if self.task.kind == "function"
-                    else "import sys\n\nnumbers = sys.stdin.read().split()\n")
+            code = (
+                f"{self.task.question}    return None\n"
+                if self.task.kind == "function"
+                else "import sys\n\nnumbers = sys.stdin.read().split()\n"
+            )
         elif self.task.reference is None:
             return "This task ships no reference solution, so the expert cannot write one."
         else:
@@ -406,8 +458,10 @@ class CodeSingleAgentEnv(CodeEnv):
     def _code_user(self) -> str:
         parts = [self._task_section()]
         if self.solution is not None and self.last_truth is not None:
-            parts.append(f"## Your latest solution\n```python\n{self.solution}\n```\n\n"
-                         f"It failed the hidden tests: {_failure_kind(self.last_truth)}.")
+            parts.append(
+                f"## Your latest solution\n```python\n{self.solution}\n```\n\n"
+                f"It failed the hidden tests: {_failure_kind(self.last_truth)}."
+            )
             parts.append("Find the bug and reply with the corrected complete solution in one ```python block.")
         else:
             parts.append("Reply with your solution in one ```python block.")

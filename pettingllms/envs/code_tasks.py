@@ -22,9 +22,10 @@ import ast
 import gzip
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pettingllms.exceptions import DataError
 
@@ -57,8 +58,9 @@ def cached_load(path: str, reader: Callable[[str], list]) -> list:
     """`reader(path)`, remembered for as long as the file keeps its size and modification time."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise DataError(f"Dataset file not found: {path}. Give 'humaneval' / 'generated' or an existing "
-                        f".jsonl or .parquet file.")
+        raise DataError(
+            f"Dataset file not found: {path}. Give 'humaneval' / 'generated' or an existing .jsonl or .parquet file."
+        )
     stat = file.stat()
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, reader.__qualname__)
     with _CACHE_LOCK:
@@ -128,30 +130,51 @@ def load_code_tasks(dataset: str) -> list[CodeTask]:
 
 def _read_humaneval(path: str) -> list[CodeTask]:
     rows, _ = read_rows(path)
-    return [CodeTask(row["task_id"], "function", row["prompt"], row["prompt"] + row["canonical_solution"],
-                     entry_point=row["entry_point"], check=row["test"]) for row in rows]
+    return [
+        CodeTask(
+            row["task_id"],
+            "function",
+            row["prompt"],
+            row["prompt"] + row["canonical_solution"],
+            entry_point=row["entry_point"],
+            check=row["test"],
+        )
+        for row in rows
+    ]
 
 
 def _read_stdio_file(path: str) -> list[CodeTask]:
     rows, columns = read_rows(path)
     missing = [column for column in STDIO_COLUMNS if column not in columns]
     if missing:
-        raise DataError(f"Dataset {path} is missing column(s) {', '.join(repr(c) for c in missing)} "
-                        f"(found: {', '.join(sorted(columns)) or 'none'}); a stdin/stdout task file needs "
-                        f"'question', 'test_input', 'test_output' and optionally 'solution'.")
+        raise DataError(
+            f"Dataset {path} is missing column(s) {', '.join(repr(c) for c in missing)} "
+            f"(found: {', '.join(sorted(columns)) or 'none'}); a stdin/stdout task file needs "
+            f"'question', 'test_input', 'test_output' and optionally 'solution'."
+        )
     stem = Path(path).name.split(".")[0]
     tasks = []
     for number, row in enumerate(rows):
         inputs, outputs = _text_list(row.get("test_input")), _text_list(row.get("test_output"))
         if not inputs or len(inputs) != len(outputs):
-            raise DataError(f"Dataset {path}, row {number}: needs as many test_output as test_input values, "
-                            f"at least one (got {len(inputs)} and {len(outputs)}).")
+            raise DataError(
+                f"Dataset {path}, row {number}: needs as many test_output as test_input values, "
+                f"at least one (got {len(inputs)} and {len(outputs)})."
+            )
         solution = row.get("solution")
         if isinstance(solution, list):  # APPS keeps several solutions
             solution = solution[0] if solution else None
         reference = solution if isinstance(solution, str) and solution.strip() else None
-        tasks.append(CodeTask(f"{stem}/{number}", "stdio", str(row.get("question") or ""), reference,
-                              test_inputs=tuple(inputs), test_outputs=tuple(outputs)))
+        tasks.append(
+            CodeTask(
+                f"{stem}/{number}",
+                "stdio",
+                str(row.get("question") or ""),
+                reference,
+                test_inputs=tuple(inputs),
+                test_outputs=tuple(outputs),
+            )
+        )
     return tasks
 
 

@@ -9,8 +9,14 @@ import numpy as np
 
 from pettingllms.envs.base import Message, TurnBasedTextEnv, TurnResult
 from pettingllms.envs.code import extract_code, run_program
-from pettingllms.envs.math_tasks import (MathTask, answers_match, extract_boxed, generate_problem, load_math_tasks,
-                                         wrong_answer)
+from pettingllms.envs.math_tasks import (
+    MathTask,
+    answers_match,
+    extract_boxed,
+    generate_problem,
+    load_math_tasks,
+    wrong_answer,
+)
 from pettingllms.exceptions import ConfigError
 
 TAIL_CHARS = 600
@@ -85,15 +91,26 @@ class MathEnv(TurnBasedTextEnv):
     default_max_turns = 3
     task_source = "seeded generator or question/answer files"
 
-    def __init__(self, max_turns: int | None = None, render_mode: str | None = None, dataset: str = "generated",
-                 shuffle: bool = False, split: str = "train", timeout_s: float = 10.0, shuffle_seed: int = 0):
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+        dataset: str = "generated",
+        shuffle: bool = False,
+        split: str = "train",
+        timeout_s: float = 10.0,
+        shuffle_seed: int = 0,
+    ):
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         if split not in ("train", "test"):
             raise ConfigError(f"env.split must be 'train' or 'test', got {split!r}.")
         self.dataset, self.split, self.timeout_s = dataset, split, float(timeout_s)
         self.tasks: list[MathTask] | None = None if dataset == "generated" else load_math_tasks(dataset)
-        self.order = (np.random.default_rng(shuffle_seed).permutation(len(self.tasks))
-                      if shuffle and self.tasks is not None else None)
+        self.order = (
+            np.random.default_rng(shuffle_seed).permutation(len(self.tasks))
+            if shuffle and self.tasks is not None
+            else None
+        )
         self.task: MathTask = generate_problem(0, split)
 
     def _reset_task(self, options: dict[str, Any]) -> None:
@@ -146,23 +163,31 @@ class MathEnv(TurnBasedTextEnv):
 
     def _prompt(self, agent: str) -> list[Message]:
         if agent == "reasoning_generator":
-            system = ("You are the reasoning agent of a team solving a math problem. Think step by step, then give "
-                      "the final answer as \\boxed{answer}, exact and simplified.")
+            system = (
+                "You are the reasoning agent of a team solving a math problem. Think step by step, then give "
+                "the final answer as \\boxed{answer}, exact and simplified."
+            )
         else:
-            system = ("You are the tool agent of a team solving a math problem. Write one ```python code block whose "
-                      "program computes the answer exactly and prints it on its last line.")
+            system = (
+                "You are the tool agent of a team solving a math problem. Write one ```python code block whose "
+                "program computes the answer exactly and prints it on its last line."
+            )
         parts = [f"## Problem\n{self.task.question}"]
         if agent == "tool_generator" and self.reasoning is not None:
             parts.append(f"## The reasoning agent's latest solution\n{_tail(self.reasoning)}")
         if agent == "reasoning_generator" and self.program is not None:
-            parts.append(f"## The tool agent's latest program\n```python\n{self.program}\n```\n\n"
-                         f"{self._render_output()}")
+            parts.append(
+                f"## The tool agent's latest program\n```python\n{self.program}\n```\n\n{self._render_output()}"
+            )
         if agent == "tool_generator" and self.program is not None:
             parts.append(f"## Your latest program\n```python\n{self.program}\n```\n\n{self._render_output()}")
         if agent == "reasoning_generator" and self.answers["reasoning_generator"] is not None:
             parts.append(f"## Your latest answer\n\\boxed{{{self.answers['reasoning_generator']}}}")
-        parts.append("Check the other agent's work against yours and reply with your own answer."
-                     if len(parts) > 1 else "Solve the problem.")
+        parts.append(
+            "Check the other agent's work against yours and reply with your own answer."
+            if len(parts) > 1
+            else "Solve the problem."
+        )
         return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
     def _render_output(self) -> str:

@@ -91,22 +91,32 @@ def _arithmetic(draw: _Draw):
     op1, op2 = draw.pick(["+", "-", "*"]), draw.pick(["+", "-", "*"])
     expression = f"{a} {op1} {b} {op2} {c}"
     shown = expression.replace("*", "\\times")
-    value = eval(expression)  # noqa: S307 - our own expression of small integer literals
-    return (f"Compute ${shown}$.", value, f"Following the order of operations, ${shown} = {value}$.",
-            f"print({expression})")
+    value = eval(expression)  # our own expression of small integer literals
+    return (
+        f"Compute ${shown}$.",
+        value,
+        f"Following the order of operations, ${shown} = {value}$.",
+        f"print({expression})",
+    )
 
 
 def _fractions(draw: _Draw):
     a, b = draw.int(1, 9), draw.int(2, 12)
     c, d = draw.int(1, 9), draw.int(2, 12)
     op = draw.pick(["+", "-", "*"])
-    value = {"+": Fraction(a, b) + Fraction(c, d), "-": Fraction(a, b) - Fraction(c, d),
-             "*": Fraction(a, b) * Fraction(c, d)}[op]
+    value = {
+        "+": Fraction(a, b) + Fraction(c, d),
+        "-": Fraction(a, b) - Fraction(c, d),
+        "*": Fraction(a, b) * Fraction(c, d),
+    }[op]
     sign = "\\times" if op == "*" else op
     shown = f"\\frac{{{a}}}{{{b}}} {sign} \\frac{{{c}}}{{{d}}}"
-    return (f"Compute ${shown}$ and write the result as a fraction in lowest terms.", value,
-            f"Bringing the fractions together and reducing, ${shown} = {format_number(value)}$.",
-            f"from fractions import Fraction\nprint(Fraction({a}, {b}) {op} Fraction({c}, {d}))")
+    return (
+        f"Compute ${shown}$ and write the result as a fraction in lowest terms.",
+        value,
+        f"Bringing the fractions together and reducing, ${shown} = {format_number(value)}$.",
+        f"from fractions import Fraction\nprint(Fraction({a}, {b}) {op} Fraction({c}, {d}))",
+    )
 
 
 def _linear_equation(draw: _Draw):
@@ -114,9 +124,12 @@ def _linear_equation(draw: _Draw):
     c = a * x + b
     left = f"{a}x" if a not in (1, -1) else ("x" if a == 1 else "-x")
     left += f" + {b}" if b >= 0 else f" - {-b}"
-    return (f"Solve for $x$: ${left} = {c}$.", x,
-            f"Moving the constant to the right gives ${a}x = {c - b}$, so $x = {x}$.",
-            f"from fractions import Fraction\nprint(Fraction({c} - ({b}), {a}))")
+    return (
+        f"Solve for $x$: ${left} = {c}$.",
+        x,
+        f"Moving the constant to the right gives ${a}x = {c - b}$, so $x = {x}$.",
+        f"from fractions import Fraction\nprint(Fraction({c} - ({b}), {a}))",
+    )
 
 
 def _counting(draw: _Draw):
@@ -124,21 +137,31 @@ def _counting(draw: _Draw):
     k = draw.int(2, min(n - 1, 6))
     if draw.int(0, 1):
         value = math.comb(n, k)
-        return (f"In how many ways can a committee of {k} people be chosen from {n} people?", value,
-                f"The order does not matter, so the count is $\\binom{{{n}}}{{{k}}} = {value}$.",
-                f"import math\nprint(math.comb({n}, {k}))")
+        return (
+            f"In how many ways can a committee of {k} people be chosen from {n} people?",
+            value,
+            f"The order does not matter, so the count is $\\binom{{{n}}}{{{k}}} = {value}$.",
+            f"import math\nprint(math.comb({n}, {k}))",
+        )
     value = math.perm(n, k)
-    return (f"{n} runners race. In how many ways can the first {k} places be filled (no ties)?", value,
-            f"The order matters, so the count is ${n}!/{n - k}! = {value}$.",
-            f"import math\nprint(math.perm({n}, {k}))")
+    return (
+        f"{n} runners race. In how many ways can the first {k} places be filled (no ties)?",
+        value,
+        f"The order matters, so the count is ${n}!/{n - k}! = {value}$.",
+        f"import math\nprint(math.perm({n}, {k}))",
+    )
 
 
 def _remainder(draw: _Draw):
     base, exponent, modulus = draw.int(2, 30), draw.int(2, 40), draw.int(3, 23)
     value = pow(base, exponent, modulus)
-    return (f"What is the remainder when ${base}^{{{exponent}}}$ is divided by ${modulus}$?", value,
-            f"Reducing modulo {modulus} at each multiplication, ${base}^{{{exponent}}} \\equiv {value} "
-            f"\\pmod{{{modulus}}}$.", f"print(pow({base}, {exponent}, {modulus}))")
+    return (
+        f"What is the remainder when ${base}^{{{exponent}}}$ is divided by ${modulus}$?",
+        value,
+        f"Reducing modulo {modulus} at each multiplication, ${base}^{{{exponent}}} \\equiv {value} "
+        f"\\pmod{{{modulus}}}$.",
+        f"print(pow({base}, {exponent}, {modulus}))",
+    )
 
 
 def _gcd_lcm(draw: _Draw):
@@ -146,21 +169,31 @@ def _gcd_lcm(draw: _Draw):
     a, b = common * draw.int(2, 15), common * draw.int(2, 15)
     if draw.int(0, 1):
         value = math.gcd(a, b)
-        return (f"What is the greatest common divisor of {a} and {b}?", value,
-                f"By the Euclidean algorithm, $\\gcd({a}, {b}) = {value}$.", f"import math\nprint(math.gcd({a}, {b}))")
+        return (
+            f"What is the greatest common divisor of {a} and {b}?",
+            value,
+            f"By the Euclidean algorithm, $\\gcd({a}, {b}) = {value}$.",
+            f"import math\nprint(math.gcd({a}, {b}))",
+        )
     value = math.lcm(a, b)
-    return (f"What is the least common multiple of {a} and {b}?", value,
-            f"$\\operatorname{{lcm}}({a}, {b}) = {a} \\cdot {b} / \\gcd({a}, {b}) = {value}$.",
-            f"import math\nprint(math.lcm({a}, {b}))")
+    return (
+        f"What is the least common multiple of {a} and {b}?",
+        value,
+        f"$\\operatorname{{lcm}}({a}, {b}) = {a} \\cdot {b} / \\gcd({a}, {b}) = {value}$.",
+        f"import math\nprint(math.lcm({a}, {b}))",
+    )
 
 
 def _series(draw: _Draw):
     first, step, count = draw.int(-10, 20), draw.int(1, 9), draw.int(5, 40)
     last = first + step * (count - 1)
     value = count * (first + last) // 2
-    return (f"What is the sum of the arithmetic sequence {first}, {first + step}, {first + 2 * step}, ..., {last}?",
-            value, f"It has {count} terms, so the sum is ${count} \\cdot ({first} + {last}) / 2 = {value}$.",
-            f"print(sum(range({first}, {last + 1}, {step})))")
+    return (
+        f"What is the sum of the arithmetic sequence {first}, {first + step}, {first + 2 * step}, ..., {last}?",
+        value,
+        f"It has {count} terms, so the sum is ${count} \\cdot ({first} + {last}) / 2 = {value}$.",
+        f"print(sum(range({first}, {last + 1}, {step})))",
+    )
 
 
 PROBLEM_KINDS = (_arithmetic, _fractions, _linear_equation, _counting, _remainder, _gcd_lcm, _series)
@@ -174,8 +207,9 @@ def generate_problem(index: int, split: str = "train") -> MathTask:
     draw = _Draw(seed)
     question, value, steps, program = draw.pick(PROBLEM_KINDS)(draw)
     answer = format_number(value)
-    return MathTask(f"math-gen-{split}-{index}", question, answer, f"{steps}\n\nThe answer is $\\boxed{{{answer}}}$.",
-                    program)
+    return MathTask(
+        f"math-gen-{split}-{index}", question, answer, f"{steps}\n\nThe answer is $\\boxed{{{answer}}}$.", program
+    )
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -193,9 +227,11 @@ def _read_math_file(path: str) -> list[MathTask]:
     if "answer" not in columns and "solution" not in columns:
         missing.append("'answer' or 'solution'")
     if missing:
-        raise DataError(f"Dataset {path} is missing column(s) {', '.join(missing)} "
-                        f"(found: {', '.join(sorted(columns)) or 'none'}); a math file needs 'question' "
-                        f"(or 'problem') and 'answer' or 'solution'.")
+        raise DataError(
+            f"Dataset {path} is missing column(s) {', '.join(missing)} "
+            f"(found: {', '.join(sorted(columns)) or 'none'}); a math file needs 'question' "
+            f"(or 'problem') and 'answer' or 'solution'."
+        )
     stem = Path(path).name.split(".")[0]
     tasks = []
     for number, row in enumerate(rows):
@@ -205,8 +241,10 @@ def _read_math_file(path: str) -> list[MathTask]:
             solution = str(row["answer"])  # GSM8K keeps its worked solution in the answer column
         answer = _answer_of(row.get("answer")) or _answer_of(solution, whole_text=False)
         if not answer:
-            raise DataError(f"Dataset {path}, row {number}: no answer found (an 'answer' value, or a "
-                            f"'solution' with \\boxed{{...}} or a '#### answer' line).")
+            raise DataError(
+                f"Dataset {path}, row {number}: no answer found (an 'answer' value, or a "
+                f"'solution' with \\boxed{{...}} or a '#### answer' line)."
+            )
         tasks.append(MathTask(f"{stem}/{number}", str(row[question_column]), answer, solution))
     return tasks
 
@@ -234,8 +272,8 @@ def extract_boxed(text: str) -> str | None:
     closing = _matching_braces(text)
     for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))):
         end = closing.get(match.end() - 1)
-        if end is not None and text[match.end():end].strip():
-            return text[match.end():end].strip()
+        if end is not None and text[match.end() : end].strip():
+            return text[match.end() : end].strip()
     return None
 
 
@@ -353,7 +391,12 @@ class _VerifierProcess:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
             self._process = subprocess.Popen(
                 [sys.executable, "-c", "from pettingllms.envs.math_tasks import serve_verifier; serve_verifier()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env=env)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                bufsize=0,
+                env=env,
+            )
             if self._read_line(self._process, self.STARTUP_S) != b"ready":
                 raise OSError("the math-verify helper did not start")
         return self._process

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pettingllms import sandbox
 from pettingllms.envs.base import Message, TurnBasedTextEnv, TurnResult

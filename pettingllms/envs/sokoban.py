@@ -133,4 +133,3 @@ class SokobanEnv(PlanningEnv):
     def _solver_program(self, wrong: bool) -> str:
         rows = board.render_room(self.room).splitlines()
         return embed_solver(board.solve_sokoban, repr(rows), ["answer = answer[:-1]"] if wrong else [])
-

@@ -74,7 +74,7 @@ def solve_sudoku(grid):
     Backtracking search that always fills the empty cell with the fewest candidates.
     """
     n = len(grid)
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     cells = [list(row) for row in grid]
 
     def candidates(r, c):

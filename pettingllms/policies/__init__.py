@@ -23,8 +23,14 @@ def build_policy(name: str, config: PolicyConfig, seed: int = 0) -> Policy:
     if config.backend == "hf":
         from pettingllms.policies.hf import HFPolicy
 
-        return HFPolicy(name, config.model_path, device=config.device, dtype=config.dtype,
-                        max_batch_size=config.max_batch_size, seed=seed)
+        return HFPolicy(
+            name,
+            config.model_path,
+            device=config.device,
+            dtype=config.dtype,
+            max_batch_size=config.max_batch_size,
+            seed=seed,
+        )
     if config.backend == "openai":
         from pettingllms.policies.openai import OpenAIPolicy
 

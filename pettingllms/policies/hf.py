@@ -99,7 +99,9 @@ class HFPolicy(Policy):
         path = self.model_dir or str(tiny_model_path())
         tokenizer, model = load_model(path, self.device, self.dtype)
         if tokenizer.chat_template is None:
-            raise ModelNotFoundError(f"Model {path!r} has no chat template; the hf policy needs a chat (instruct) model.")
+            raise ModelNotFoundError(
+                f"Model {path!r} has no chat template; the hf policy needs a chat (instruct) model."
+            )
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -146,7 +148,7 @@ class HFPolicy(Policy):
         try:
             await asyncio.to_thread(self.load)
             return True
-        except Exception as error:  # noqa: BLE001 - each caller gets it; the next request retries
+        except Exception as error:  # each caller gets it; the next request retries
             fail_all(self._pending, error)
             self._pending = []
             return False
@@ -168,7 +170,7 @@ class HFPolicy(Policy):
             try:
                 prompts.append(self.render_prompt(item.request.messages))
                 waiting.append(item)
-            except Exception as error:  # noqa: BLE001 - a bad request fails alone
+            except Exception as error:  # a bad request fails alone
                 settle(item.future, error=PolicyError("prompt_error", f"could not render the chat template: {error}"))
         if not waiting:
             return
@@ -181,7 +183,7 @@ class HFPolicy(Policy):
         except asyncio.CancelledError:
             fail_all(waiting, PolicyError("closed", f"hf policy {self.name!r} was closed"))
             raise
-        except Exception as error:  # noqa: BLE001 - reported to every caller of the batch
+        except Exception as error:  # reported to every caller of the batch
             fail_all(waiting, PolicyError("generate_error", f"hf generate failed: {error!r}"))
             return
         for item, generation in zip(waiting, generations):
@@ -268,7 +270,8 @@ def find_model_dir(model_path: str) -> str:
         what = "is neither a local folder nor a Hub id in the local cache"
     raise ModelNotFoundError(
         f"Model {model_path!r} {what}. pettingllms accepts a local folder with config.json "
-        f"(from save_pretrained), a LoRA adapter folder (from `pettingllms train`) or a Hub id already downloaded (`hf download ID`); nothing is downloaded."
+        "(from save_pretrained), a LoRA adapter folder (from `pettingllms train`) or a Hub id already "
+        "downloaded (`hf download ID`); nothing is downloaded."
     )
 
 
@@ -280,7 +283,7 @@ def cached_hub_snapshot(name: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         config_file = try_to_load_from_cache(name, "config.json")
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+    except Exception:  # an invalid repo id is simply not cached
         return None
     return str(Path(config_file).parent) if isinstance(config_file, str) else None
 
@@ -302,7 +305,7 @@ def load_model(path: str, device: str, dtype: str) -> tuple[Any, Any]:
 
             # Merged once at load: generation then costs what the base model costs.
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    except Exception as error:  # noqa: BLE001 - OSError, ValueError, SafetensorError...: all mean "cannot load"
+    except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelNotFoundError(f"Could not load model {path!r}: {first_line}") from error
     return tokenizer, model.to(device).eval()

@@ -200,11 +200,19 @@ class OpenAIPolicy(Policy):
         """The policy a `policy.*` (or `policies.<name>.*`) config section describes."""
         base_urls = list(config.base_urls) or ([config.base_url] if config.base_url else [])
         return cls(
-            name, base_urls, config.model, mode=config.mode, tokenizer_path=config.model_path,
-            api_key_env=config.api_key_env, max_concurrency=config.max_concurrency,
-            timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s,
-            retry=RetryPolicy(max_retries=config.max_retries), enable_thinking=config.enable_thinking,
-            balance=config.balance, extra_body=config.extra_body,
+            name,
+            base_urls,
+            config.model,
+            mode=config.mode,
+            tokenizer_path=config.model_path,
+            api_key_env=config.api_key_env,
+            max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            retry=RetryPolicy(max_retries=config.max_retries),
+            enable_thinking=config.enable_thinking,
+            balance=config.balance,
+            extra_body=config.extra_body,
         )
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -222,8 +230,12 @@ class OpenAIPolicy(Policy):
     def build_body(self, request: GenerationRequest, model: str) -> tuple[dict[str, Any], str | None]:
         """The request body for `request`, and the prompt text when it was rendered here."""
         sampling = request.sampling
-        body: dict[str, Any] = {"model": model, "max_tokens": sampling.max_tokens,
-                                "temperature": sampling.temperature, "top_p": sampling.top_p}
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         prompt_text = None
@@ -252,8 +264,10 @@ class OpenAIPolicy(Policy):
                 payload = await self.send_with_retries("GET", "/models")
                 listed = [entry.get("id") for entry in payload.get("data") or [] if isinstance(entry, dict)]
                 if not listed or not listed[0]:
-                    raise ConfigError(f"policy '{self.name}': the server lists no models at /v1/models "
-                                      "(transformers serve lists only its Hub cache); set policy.model=NAME.")
+                    raise ConfigError(
+                        f"policy '{self.name}': the server lists no models at /v1/models "
+                        "(transformers serve lists only its Hub cache); set policy.model=NAME."
+                    )
                 self.model = listed[0]
         return self.model
 
@@ -281,11 +295,14 @@ class OpenAIPolicy(Policy):
             async with asyncio.timeout(self.connect_timeout_s + self.timeout_s):
                 response = await self._client.request(method, url, json=body)
         except (httpx.TimeoutException, TimeoutError) as error:
-            raise AttemptFailed("timeout", f"{method} {url} timed out ({type(error).__name__}; "
-                                f"connect {self.connect_timeout_s}s, read {self.timeout_s}s)", True) from None
+            raise AttemptFailed(
+                "timeout",
+                f"{method} {url} timed out ({type(error).__name__}; "
+                f"connect {self.connect_timeout_s}s, read {self.timeout_s}s)",
+                True,
+            ) from None
         except httpx.TransportError as error:
-            raise AttemptFailed("connection", f"{method} {url} failed: {type(error).__name__}: {error}",
-                                True) from None
+            raise AttemptFailed("connection", f"{method} {url} failed: {type(error).__name__}: {error}", True) from None
         return read_answer(response, self._missing_key_hint())
 
     def _missing_key_hint(self) -> str:
@@ -316,8 +333,7 @@ class OpenAIPolicy(Policy):
             headers["Authorization"] = f"Bearer {api_key}"
         # Waiting for a pool connection is bounded by the semaphore, not by a timeout.
         timeout = httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s, pool=None)
-        limits = httpx.Limits(max_connections=self.max_concurrency + 1,
-                              max_keepalive_connections=self.max_concurrency)
+        limits = httpx.Limits(max_connections=self.max_concurrency + 1, max_keepalive_connections=self.max_concurrency)
         return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, verify=shared_ssl_context())
 
     async def close(self) -> None:
@@ -327,13 +343,15 @@ class OpenAIPolicy(Policy):
         self._client, self._loop = None, None
 
 
-def check_settings(name: str, base_urls: list[str], mode: str, balance: str, max_concurrency: int,
-                   retry: RetryPolicy) -> None:
+def check_settings(
+    name: str, base_urls: list[str], mode: str, balance: str, max_concurrency: int, retry: RetryPolicy
+) -> None:
     """Raise ConfigError for settings that cannot work, naming the policy and what is accepted."""
     where = f"policy '{name}' (backend openai)"
     if not base_urls:
-        raise ConfigError(f"{where} needs a server: set policy.base_url=http://HOST:PORT/v1 "
-                          "(or policy.base_urls=[...] for several).")
+        raise ConfigError(
+            f"{where} needs a server: set policy.base_url=http://HOST:PORT/v1 (or policy.base_urls=[...] for several)."
+        )
     if mode not in MODES:
         raise ConfigError(f"{where}: mode={mode!r} is invalid; expected one of {', '.join(MODES)}.")
     if balance not in BALANCES:
@@ -361,16 +379,20 @@ def normalize_base_url(url: str) -> str:
 def load_chat_tokenizer(policy_name: str, path: str | None):
     """The tokenizer that renders prompts in completions mode; it must have a chat template."""
     if path is None:
-        raise ConfigError(f"policy '{policy_name}': completions mode renders the chat template here and needs the "
-                          "model's tokenizer: set policy.model_path=FOLDER_OR_HUB_ID (or policy.model).")
+        raise ConfigError(
+            f"policy '{policy_name}': completions mode renders the chat template here and needs the "
+            "model's tokenizer: set policy.model_path=FOLDER_OR_HUB_ID (or policy.model)."
+        )
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelNotFoundError(f"Could not load the tokenizer {path!r} for completions mode: {first_line}. "
-                                 "Give a local folder or a Hub id already downloaded (`hf download ID`).") from error
+        raise ModelNotFoundError(
+            f"Could not load the tokenizer {path!r} for completions mode: {first_line}. "
+            "Give a local folder or a Hub id already downloaded (`hf download ID`)."
+        ) from error
     if tokenizer.chat_template is None:
         raise ModelNotFoundError(f"Tokenizer {path!r} has no chat template; completions mode needs one.")
     return tokenizer
@@ -381,8 +403,12 @@ def read_answer(response: httpx.Response, unauthorized_hint: str = "") -> dict[s
     status, url = response.status_code, response.request.url
     if status == 429 or status >= 500:
         kind = "http_429" if status == 429 else "http_5xx"
-        raise AttemptFailed(kind, f"HTTP {status} from {url}: {error_text(response)}", True,
-                            parse_retry_after(response.headers.get("retry-after")))
+        raise AttemptFailed(
+            kind,
+            f"HTTP {status} from {url}: {error_text(response)}",
+            True,
+            parse_retry_after(response.headers.get("retry-after")),
+        )
     if status >= 400:
         hint = unauthorized_hint if status in (401, 403) else ""
         raise AttemptFailed("http_4xx", f"HTTP {status} from {url}: {error_text(response)}{hint}", False)
@@ -391,11 +417,13 @@ def read_answer(response: httpx.Response, unauthorized_hint: str = "") -> dict[s
     try:
         payload = response.json()
     except ValueError:
-        raise AttemptFailed("bad_response", f"{url} answered with invalid JSON: {response.text[:200]!r}",
-                            False) from None
+        raise AttemptFailed(
+            "bad_response", f"{url} answered with invalid JSON: {response.text[:200]!r}", False
+        ) from None
     if not isinstance(payload, dict):
-        raise AttemptFailed("bad_response", f"{url} answered with a JSON {type(payload).__name__}, "
-                            "expected an object", False)
+        raise AttemptFailed(
+            "bad_response", f"{url} answered with a JSON {type(payload).__name__}, expected an object", False
+        )
     return payload
 
 
@@ -440,9 +468,13 @@ def parse_generation(payload: dict[str, Any], mode: str, prompt_text: str | None
     if not isinstance(text, str):
         raise AttemptFailed("bad_response", f"answer has no reply text: {str(choice)[:200]}", False)
     usage = payload.get("usage") or {}
-    return Generation(text=text, prompt_text=prompt_text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0),
-                      finish_reason=choice.get("finish_reason"))
+    return Generation(
+        text=text,
+        prompt_text=prompt_text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=choice.get("finish_reason"),
+    )
 
 
 def chat_reply_text(message: Any) -> str | None:

@@ -150,9 +150,7 @@ class SFTSettings:
     )
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={
-            "help": "Resume from a checkpoint folder, or 'last' for the newest checkpoint in `output_dir`."
-        },
+        metadata={"help": "Resume from a checkpoint folder, or 'last' for the newest checkpoint in `output_dir`."},
     )
     report_to: str = field(
         default="none",

@@ -206,8 +206,7 @@ def group_by_policy(records: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     missing = [record["source"] for record in records if not record["metadata"].get("policy_name")]
     if missing:
         raise DataError(
-            f"per_policy needs 'metadata.policy_name' in every record; {len(missing)} have none "
-            f"(first: {missing[0]})."
+            f"per_policy needs 'metadata.policy_name' in every record; {len(missing)} have none (first: {missing[0]})."
         )
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:

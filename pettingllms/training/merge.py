@@ -51,5 +51,7 @@ def _check_output(output: Path, overwrite: bool, protected: list[Path]) -> None:
             raise UserError(f"Output folder '{output}' is not empty; pass overwrite=True (--overwrite) to replace it.")
         if not (output / "config.json").is_file():
             # --overwrite replaces a model, never an arbitrary folder (a typo must not cost a home directory).
-            raise UserError(f"Output folder '{output}' is not empty and holds no model (no config.json); "
-                            "--overwrite only replaces a model folder. Choose an empty or new folder.")
+            raise UserError(
+                f"Output folder '{output}' is not empty and holds no model (no config.json); "
+                "--overwrite only replaces a model folder. Choose an empty or new folder."
+            )

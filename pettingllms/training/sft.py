@@ -45,8 +45,9 @@ SUMMARY_FILE = "training_summary.json"
 # ---------------------------------------------------------------- the stage
 
 
-def run_training(settings: SFTSettings, data_paths: list[str],
-                 policy_models: dict[str, str] | None = None) -> dict[str, Any]:
+def run_training(
+    settings: SFTSettings, data_paths: list[str], policy_models: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Train on the records in `data_paths` (files or globs); return the training summary.
 
     Writes the adapter (or full model), tokenizer, training args and `training_summary.json`
@@ -65,8 +66,9 @@ def run_training(settings: SFTSettings, data_paths: list[str],
     for policy, group in group_by_policy(records).items():
         _print_main(f"[pettingllms] Policy '{policy}': {len(group)} records.")
         model = (policy_models or {}).get(policy) or settings.model_name_or_path
-        policy_settings = dataclasses.replace(settings, output_dir=str(Path(settings.output_dir) / policy),
-                                              model_name_or_path=model)
+        policy_settings = dataclasses.replace(
+            settings, output_dir=str(Path(settings.output_dir) / policy), model_name_or_path=model
+        )
         policy_eval = [r for r in eval_records if r["metadata"].get("policy_name") == policy]
         summaries[policy] = train_model(policy_settings, group, policy_eval, sources)
     summary = {"output_dir": settings.output_dir, "per_policy": summaries}
@@ -98,9 +100,16 @@ def train_model(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     eval_loss = trainer.evaluate()["eval_loss"] if evaluation is not None else None
     trainer.save_model(settings.output_dir)
-    summary = {"model": model_path, "output_dir": settings.output_dir, **sources, "dropped": dropped,
-               **describe_training(trainer, result, eval_loss), "use_lora": settings.use_lora,
-               "merged_model": None, "settings": dataclasses.asdict(settings)}
+    summary = {
+        "model": model_path,
+        "output_dir": settings.output_dir,
+        **sources,
+        "dropped": dropped,
+        **describe_training(trainer, result, eval_loss),
+        "use_lora": settings.use_lora,
+        "merged_model": None,
+        "settings": dataclasses.asdict(settings),
+    }
     if trainer.is_world_process_zero():
         summary["merged_model"] = _merge_if_asked(settings, model_path)
         print(f"[pettingllms] Saved {'adapter' if settings.use_lora else 'model'} to {settings.output_dir}")
@@ -123,10 +132,14 @@ def build_datasets(
         samples, eval_samples = split_eval(samples, settings.eval_split, settings.seed)
     too_long = f"{dropped['too_long']} longer than max_seq_length={settings.max_seq_length} tokens"
     if not samples:
-        raise DataError(f"No samples left to train on: of {len(records)} records, {too_long} and "
-                        f"{dropped['empty_reply']} with an empty reply were dropped.")
-    _print_main(f"[pettingllms] Dropped {too_long} and {dropped['empty_reply']} with an empty reply; "
-                f"training on {len(samples)} samples, evaluating on {len(eval_samples)}.")
+        raise DataError(
+            f"No samples left to train on: of {len(records)} records, {too_long} and "
+            f"{dropped['empty_reply']} with an empty reply were dropped."
+        )
+    _print_main(
+        f"[pettingllms] Dropped {too_long} and {dropped['empty_reply']} with an empty reply; "
+        f"training on {len(samples)} samples, evaluating on {len(eval_samples)}."
+    )
     return Dataset.from_list(samples), Dataset.from_list(eval_samples) if eval_samples else None, dropped
 
 
@@ -152,8 +165,9 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
             peft_config=build_lora_config(settings),
         )
     except NoMatchingPeftModuleError as error:
-        raise ConfigError(f"training.sft_config.lora_target_modules={settings.lora_target_modules!r}: "
-                          f"{_first_line(error)}") from None
+        raise ConfigError(
+            f"training.sft_config.lora_target_modules={settings.lora_target_modules!r}: {_first_line(error)}"
+        ) from None
 
 
 # ---------------------------------------------------------------- configs
