@@ -63,16 +63,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def trained_policies(config) -> dict[str, str | None]:
     """{policy name: its model} for the policies that play trainable agents, when more than one
     does (role-specialized agents): `run` then trains one adapter per policy, on its own model."""
-    from pettingllms.config import policies_by_name, policy_of
     from pettingllms.envs import env_class
 
-    named = policies_by_name(config)
+    named = config.policies_by_name()
     trainable = [
         agent
         for agent in env_class(config.env.name).possible_agents
         if agent not in config.agents or config.agents[agent].trainable
     ]
-    used = {policy_of(config, agent) for agent in trainable}
+    used = {config.policy_of(agent) for agent in trainable}
     if len(used) < 2:
         return {}
     # A policy with no model of its own (an expert, a hosted API) trains the shared default model.

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pettingllms import envs
-from pettingllms.config import Config, policies_by_name, policy_of, to_dict
+from pettingllms.config import Config, to_dict
 from pettingllms.exceptions import ConfigError, DataError, PolicyError, ResumeMismatchError, UserError
 from pettingllms.policies import GenerationRequest, Policy, SamplingParams, build_policy, sampling_for
 from pettingllms.policies.expert import ExpertPolicy
@@ -150,12 +150,12 @@ def build_agent_slots(config: Config, possible_agents: tuple[str, ...]) -> dict[
             f"agents.{unknown[0]}: env '{config.env.name}' has no such agent; "
             f"its agents are: {', '.join(possible_agents)}."
         )
-    named = policies_by_name(config)
+    named = config.policies_by_name()
     built: dict[str, Policy] = {}
     slots = {}
     for agent in possible_agents:
         settings = config.agents.get(agent)
-        policy_name = policy_of(config, agent)
+        policy_name = config.policy_of(agent)
         if policy_name not in built:
             built[policy_name] = build_policy(policy_name, named[policy_name], seed=config.training.seed)
         slots[agent] = AgentSlot(

@@ -62,8 +62,16 @@ def test_unknown_key_names_it_and_suggests_the_nearest():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("training.sft_num_episodes=0", r"training.sft_num_episodes=0 is invalid; expected an integer > 0"),
-        ("training.sft_num_episodes=-3", r"expected an integer > 0"),
+        (
+            "training.sft_num_episodes=0",
+            r"training.sft_num_episodes=0 is invalid; expected an integer in 1\.\.10,000,000",
+        ),
+        ("training.sft_num_episodes=-3", r"expected an integer in 1\.\."),
+        ("training.sft_num_episodes=99999999999", r"expected an integer in 1\.\.10,000,000"),
+        ("training.seed=-5", r"training.seed=-5 is invalid; expected an integer >= 0"),
+        ("policy.timeout_s=inf", r"policy.timeout_s=inf is invalid; expected a finite number > 0"),
+        ("training.run_name=r[1]", r"no path separators, glob characters"),
+        ("training.run_name=a*", r"no path separators, glob characters"),
         (
             "training.sft_num_episodes=many",
             r"training.sft_num_episodes: Value 'many' .* could not be converted to Integer",
@@ -77,10 +85,10 @@ def test_unknown_key_names_it_and_suggests_the_nearest():
         ("policy.backend=vllm", r"expected 'hf', 'openai' or 'expert'"),
         ("policy.error_rate=2", r"expected a number in \[0, 1\]"),
         ("env.split=dev", r"expected 'train' or 'test'"),
-        ("training.run_name=a/b", r"without '/'"),
+        ("training.run_name=a/b", r"training.run_name='a/b' is invalid"),
         ("policy=nope", r"Unknown policy 'nope'.*Available: expert, hf, openai"),
         ("justtext", r"is not key=value"),
-        ("agents.tool.policy=missing", r"agents.tool.policy='missing' is not a policy"),
+        ("agents.tool.policy=missing", r"agents.tool.policy='missing' is invalid; expected a defined policy"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, message):

@@ -108,7 +108,7 @@ def test_missing_paths_are_one_line_errors(tiny_model, adapter, tmp_path):
 def test_training_with_merge_lora_writes_a_merged_model(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from pettingllms.training.config import SFTSettings
+    from pettingllms.config.sft import SFTSettings
     from pettingllms.training.sft import run_training
 
     record = {

@@ -17,7 +17,7 @@ import pytest
 
 from pettingllms.exceptions import ModelNotFoundError
 from pettingllms.tiny_model import tiny_model_path
-from pettingllms.training.config import SFTSettings
+from pettingllms.config.sft import SFTSettings
 from pettingllms.training.sft import build_datasets, build_trainer, load_model, load_tokenizer, run_training
 
 SYSTEM = "You are the planner. Reply with moves."

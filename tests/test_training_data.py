@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pettingllms.exceptions import ConfigError, DataError
-from pettingllms.training.config import SFTSettings
+from pettingllms.config.sft import SFTSettings
 from pettingllms.training.data import (
     build_samples,
     group_by_policy,

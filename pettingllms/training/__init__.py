@@ -3,12 +3,12 @@
     >>> from pettingllms.training import SFTSettings, run_training
     >>> run_training(SFTSettings(output_dir="./sft_model"), ["sft_data/sft_data_*.jsonl"])
 
-`config` holds the settings, `data` the pure record -> sample helpers, `sft` the trainer
+`pettingllms.config.sft` holds the settings, `data` the pure record -> sample helpers, `sft` the trainer
 (also `python -m pettingllms.training.sft`, under torchrun too), `merge` the LoRA merge.
 torch / transformers / trl are imported inside the functions that use them.
 """
 
-from pettingllms.training.config import SFTSettings
+from pettingllms.config.sft import SFTSettings
 
 __all__ = ["SFTSettings", "merge_lora", "run_training"]
 

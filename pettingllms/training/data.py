@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pettingllms.exceptions import DataError
-from pettingllms.training.config import SFTSettings
+from pettingllms.config.sft import SFTSettings
 
 ACCEPTED_FORMATS = (
     "'messages' (a list of {role, content}, the last one from the assistant) with optional 'metadata', "

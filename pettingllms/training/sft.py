@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pettingllms.exceptions import ConfigError, DataError, ModelNotFoundError, UserError
-from pettingllms.training.config import SFTSettings
+from pettingllms.config.sft import SFTSettings
 from pettingllms.training.data import (
     build_samples,
     expand_paths,

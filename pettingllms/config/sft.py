@@ -8,7 +8,33 @@ OmegaConf-friendly type (str, int, float, bool, `X | None`, `list[str]`) and a h
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
+from typing import Any
+
+from pettingllms.exceptions import ConfigError
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+"""transformers' learning-rate schedules (`SchedulerType`), listed here so that checking
+a config does not import transformers."""
+
+
+def require(ok: bool, key: str, value: Any, accepted: str) -> None:
+    """Raise the one-line ConfigError for `key=value` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid; expected {accepted}.")
 
 
 @dataclass
@@ -156,3 +182,28 @@ class SFTSettings:
         default="none",
         metadata={"help": "Where transformers reports metrics: 'none', 'tensorboard', 'wandb', 'all', ..."},
     )
+
+    def check(self, key: str = "training.sft_config") -> None:
+        """Check the values types alone cannot; raise ConfigError naming `key.<field>`."""
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "lora_r",
+            "lora_alpha",
+            "max_seq_length",
+            "logging_steps",
+        ):
+            require(getattr(self, name) > 0, f"{key}.{name}", getattr(self, name), "an integer > 0")
+        require(self.num_train_epochs > 0, f"{key}.num_train_epochs", self.num_train_epochs, "a number > 0")
+        require(self.learning_rate > 0, f"{key}.learning_rate", self.learning_rate, "a number > 0")
+        require(0 <= self.lora_dropout < 1, f"{key}.lora_dropout", self.lora_dropout, "a number in [0, 1)")
+        require(self.thinking in ("keep", "strip"), f"{key}.thinking", self.thinking, "'keep' or 'strip'")
+        require(
+            self.lr_scheduler_type in SCHEDULERS,
+            f"{key}.lr_scheduler_type",
+            self.lr_scheduler_type,
+            ", ".join(SCHEDULERS),
+        )
+        for tracker in (name.strip() for name in self.report_to.split(",")):
+            if tracker not in ("none", "all") and importlib.util.find_spec(tracker) is None:
+                raise ConfigError(f"{key}.report_to={tracker!r} needs the {tracker} package: pip install {tracker}")

@@ -1,0 +1,225 @@
+"""The settings of a run: one dataclass per concern, a help string per field, each checking its own values.
+
+OmegaConf uses these dataclasses as a structured config (`pettingllms.config.load`); `pettingllms
+keys` prints every field with its default and help. A dataclass checks its values in `check(key)`,
+where `key` is its place in the config (`policies.teacher`), so that a mistake is reported with
+the key the user typed; `Config.__post_init__` runs the checks of the whole tree once it is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pettingllms.config.sft import SFTSettings, require
+
+BACKENDS = ("hf", "openai", "expert")
+MAX_EPISODES = 10_000_000
+"""The most episodes one run may plan (episode ids and the ledger stay manageable)."""
+
+
+def _help(text: str, default: Any = None, factory: Any = None, backends: tuple[str, ...] = ()) -> Any:
+    metadata = {"help": text, "backends": backends}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class EnvConfig:
+    name: str = _help("Registered environment (see `pettingllms envs`).", "sokoban")
+    max_turns: int | None = _help("Rounds per episode (each agent replies once a round); None = the env's default.")
+    dataset: str | None = _help(
+        "Task source for dataset envs: 'humaneval', 'generated', or a local JSONL/Parquet path."
+    )
+    shuffle: bool = _help("Walk the dataset in a seeded random order instead of file order.", False)
+    split: str = _help("'train' or 'test': the two use seed ranges that never overlap.", "train")
+    kwargs: dict[str, Any] = _help("Other constructor arguments of the env, e.g. env.kwargs.num_boxes=2.", factory=dict)
+
+    def check(self, key: str = "env") -> None:
+        require(self.split in ("train", "test"), f"{key}.split", self.split, "'train' or 'test'")
+        require(self.max_turns is None or self.max_turns > 0, f"{key}.max_turns", self.max_turns, "an integer > 0")
+
+
+@dataclass
+class PolicyConfig:
+    """Who writes the replies. Fields marked with a backend apply to that backend only."""
+
+    # > Every backend
+    name: str = _help("The policy_name written into records.", "shared_model")
+    backend: str = _help("'hf' (local transformers model), 'openai' (OpenAI-compatible server) or 'expert'.", "hf")
+    temperature: float = _help("Sampling temperature (0 = greedy).", 1.0)
+    top_p: float = _help("Nucleus sampling.", 1.0)
+    max_tokens: int = _help("Most new tokens per reply.", 256)
+    stop: list[str] = _help("Extra stop strings.", factory=list)
+    enable_thinking: bool | None = _help("Reasoning switch passed as chat_template_kwargs.enable_thinking.")
+    model_path: str | None = _help(
+        "hf: model folder, cached Hub id or LoRA adapter folder (None = the tiny built-in model). "
+        "openai completions mode: the tokenizer that renders the chat template.",
+        backends=("hf", "openai"),
+    )
+    # > hf
+    device: str = _help("'auto', 'cpu', 'cuda', 'cuda:1'...", "auto", backends=("hf",))
+    dtype: str = _help("'auto', 'float32', 'bfloat16', 'float16'.", "auto", backends=("hf",))
+    max_batch_size: int = _help("Most requests batched into one generate call.", 16, backends=("hf",))
+    # > openai
+    base_url: str | None = _help("Server URL, e.g. http://127.0.0.1:8000/v1.", backends=("openai",))
+    base_urls: list[str] = _help(
+        "Several server URLs; requests spread across them.", factory=list, backends=("openai",)
+    )
+    model: str | None = _help("The model name the server knows.", backends=("openai",))
+    api_key_env: str | None = _help(
+        "The environment variable holding the API key (never written to files); None sends no key, "
+        "as local servers expect.",
+        backends=("openai",),
+    )
+    mode: str = _help(
+        "'chat' (server applies the template) or 'completions' (applied here).", "chat", backends=("openai",)
+    )
+    max_concurrency: int = _help("Most requests in flight at once.", 32, backends=("openai",))
+    balance: str = _help(
+        "How requests spread over base_urls: 'least_in_flight' or 'round_robin'.",
+        "least_in_flight",
+        backends=("openai",),
+    )
+    extra_body: dict[str, Any] = _help(
+        "More fields for every request body (server-specific options).", factory=dict, backends=("openai",)
+    )
+    timeout_s: float = _help("Read timeout of one request, seconds.", 120.0, backends=("openai",))
+    connect_timeout_s: float = _help("Connect timeout, seconds.", 10.0, backends=("openai",))
+    max_retries: int = _help(
+        "Retries on 429/5xx/timeouts/connection errors/malformed answers, with backoff.", 4, backends=("openai",)
+    )
+    # > expert
+    error_rate: float = _help(
+        "Share of episodes the expert plays wrong, so runs contain failures.", 0.0, backends=("expert",)
+    )
+
+    def check(self, key: str = "policy") -> None:
+        require(self.backend in BACKENDS, f"{key}.backend", self.backend, "'hf', 'openai' or 'expert'")
+        require(0.0 <= self.error_rate <= 1.0, f"{key}.error_rate", self.error_rate, "a number in [0, 1]")
+        require(self.mode in ("chat", "completions"), f"{key}.mode", self.mode, "'chat' or 'completions'")
+        require(self.max_tokens > 0, f"{key}.max_tokens", self.max_tokens, "an integer > 0")
+        require(self.temperature >= 0, f"{key}.temperature", self.temperature, "a number >= 0")
+        require(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "a number in (0, 1]")
+        require(self.max_batch_size > 0, f"{key}.max_batch_size", self.max_batch_size, "an integer > 0")
+        require(self.max_concurrency > 0, f"{key}.max_concurrency", self.max_concurrency, "an integer > 0")
+        require(self.max_retries >= 0, f"{key}.max_retries", self.max_retries, "an integer >= 0")
+        for name in ("timeout_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, f"{key}.{name}", value, "a finite number > 0")
+        require(
+            self.balance in ("least_in_flight", "round_robin"),
+            f"{key}.balance",
+            self.balance,
+            "'least_in_flight' or 'round_robin'",
+        )
+        require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            f"{key}.dtype",
+            self.dtype,
+            "'auto', 'float32', 'bfloat16' or 'float16'",
+        )
+
+
+@dataclass
+class AgentConfig:
+    policy: str | None = _help("Name of the policy (in `policies`) that plays this agent; None = the shared `policy`.")
+    trainable: bool = _help("False: the agent takes part but its turns are never written as training records.", True)
+    temperature: float | None = _help("Overrides the policy's temperature for this agent.")
+    top_p: float | None = _help("Overrides the policy's top_p for this agent.")
+    max_tokens: int | None = _help("Overrides the policy's max_tokens for this agent.")
+    stop: list[str] | None = _help("Overrides the policy's stop strings for this agent.")
+
+    def check(self, key: str) -> None:
+        require(self.temperature is None or self.temperature >= 0, f"{key}.temperature", self.temperature, ">= 0")
+        require(self.top_p is None or 0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "a number in (0, 1]")
+        require(self.max_tokens is None or self.max_tokens > 0, f"{key}.max_tokens", self.max_tokens, "an integer > 0")
+
+
+@dataclass
+class TrainingConfig:
+    sft_num_episodes: int = _help("Episodes to collect (in total, counting a resumed run's earlier ones).", 100)
+    only_success: bool = _help("Keep only turns of successful episodes (or agents, with collect_mode=agent).", True)
+    collect_mode: str = _help("'env': success is the episode's; 'agent': each agent's own success.", "env")
+    run_sft_training: bool = _help("In `run`: train after collecting.", True)
+    sft_data_dir: str = _help("Where data files go.", "./sft_data")
+    run_name: str | None = _help("Name of the collection run (default: start time); the same name resumes it.")
+    num_samples_per_task: int = _help("Rollouts per task (episode i is task i // n, sample i % n).", 1)
+    rollout_concurrency: int = _help("Most episodes in flight at once.", 16)
+    seed: int = _help("First task seed (>= 0); task k uses seed + k (plus the split's offset).", 0)
+    dedup: bool = _help("Drop a record whose (agent, prompt, response) was already kept.", False)
+    max_records_per_task: int | None = _help("Keep at most this many records per task.")
+    retry_infra_errors: bool = _help(
+        "On resume, run again the episodes that ended in an infrastructure error (server down, timeout, "
+        "malformed answer, sandbox set-up), never those the model failed.",
+        True,
+    )
+    train_data_path: Any = _help(
+        "train: data files or globs (a string or a list); default: the records of training.run_name, "
+        "else the newest sft_data_*.jsonl."
+    )
+    sft_config: SFTSettings = _help("Training settings.", factory=SFTSettings)
+
+    def check(self, key: str = "training") -> None:
+        require(
+            0 < self.sft_num_episodes <= MAX_EPISODES,
+            f"{key}.sft_num_episodes",
+            self.sft_num_episodes,
+            f"an integer in 1..{MAX_EPISODES:,}",
+        )
+        for name in ("num_samples_per_task", "rollout_concurrency"):
+            require(getattr(self, name) > 0, f"{key}.{name}", getattr(self, name), "an integer > 0")
+        require(self.collect_mode in ("env", "agent"), f"{key}.collect_mode", self.collect_mode, "'env' or 'agent'")
+        require(self.seed >= 0, f"{key}.seed", self.seed, "an integer >= 0")
+        if self.max_records_per_task is not None:
+            require(
+                self.max_records_per_task > 0,
+                f"{key}.max_records_per_task",
+                self.max_records_per_task,
+                "an integer > 0",
+            )
+        if self.run_name is not None:
+            from pettingllms.runfiles import check_run_name
+
+            check_run_name(self.run_name, f"{key}.run_name")
+        self.sft_config.check(f"{key}.sft_config")
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policies: dict[str, PolicyConfig] = _help("Extra named policies for role-specialized agents.", factory=dict)
+    agents: dict[str, AgentConfig] = _help("Per-agent settings: policy, trainable, sampling.", factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Check every value of the tree; raise ConfigError naming the first wrong key."""
+        self.env.check("env")
+        self.policy.check("policy")
+        for name, policy in self.policies.items():
+            policy.check(f"policies.{name}")
+        for agent, settings in self.agents.items():
+            settings.check(f"agents.{agent}")
+            if settings.policy is not None and settings.policy not in self.policies_by_name():
+                require(
+                    False,
+                    f"agents.{agent}.policy",
+                    settings.policy,
+                    f"a defined policy: {', '.join(self.policies_by_name())} (add it under policies.<name>)",
+                )
+        self.training.check("training")
+
+    def policies_by_name(self) -> dict[str, PolicyConfig]:
+        """The shared policy (under its own `name`) and the extra named ones."""
+        return {self.policy.name: self.policy, **self.policies}
+
+    def policy_of(self, agent: str) -> str:
+        """The name of the policy that plays `agent`: its own `agents.<agent>.policy`, else the shared one."""
+        settings = self.agents.get(agent)
+        return (settings.policy if settings else None) or self.policy.name

@@ -1,0 +1,149 @@
+"""The files of a collection run: their names, the run's lock, its ledger, and safe writes.
+
+A run named `<run>` lives in one folder (`training.sft_data_dir`):
+
+    sft_data_<run>.jsonl          the kept records (what `train` reads)
+    sft_data_<run>_stats.json     counts of what happened
+    sft_data_<run>_config.json    the settings that made it (resume checks them)
+    rollouts_<run>.jsonl          every episode: the run's ledger
+
+This module is the only place that spells those names; collection, `stats`, `train` and the
+command line all ask it. `docs/data-format.md` describes what each file holds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pettingllms.exceptions import ConfigError, DataError, UserError
+
+RECORDS_PREFIX = "sft_data_"
+ROLLOUTS_PREFIX = "rollouts_"
+_UNSAFE_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
+"""Path separators, glob characters and control characters (newlines): never in a run name."""
+
+
+def check_run_name(name: str, key: str = "training.run_name") -> None:
+    """Raise ConfigError unless `name` can name a run's files and be found again without globbing."""
+    if not name or name in (".", "..") or name.startswith("-") or _UNSAFE_NAME.search(name):
+        raise ConfigError(
+            f"{key}={name!r} is invalid; expected a plain name of letters, digits and '._-' "
+            "(no path separators, glob characters [*?] or newlines)."
+        )
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one collection run, named after it."""
+
+    directory: Path
+    run_name: str
+
+    @property
+    def records(self) -> Path:
+        return self.directory / f"{RECORDS_PREFIX}{self.run_name}.jsonl"
+
+    @property
+    def stats(self) -> Path:
+        return self.directory / f"{RECORDS_PREFIX}{self.run_name}_stats.json"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / f"{RECORDS_PREFIX}{self.run_name}_config.json"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.directory / f"{ROLLOUTS_PREFIX}{self.run_name}.jsonl"
+
+    @classmethod
+    def of(cls, path: Path | str) -> RunFiles | None:
+        """The run a records or rollouts file belongs to, by its name; None for other files."""
+        path = Path(path)
+        name = path.name
+        if name.startswith(ROLLOUTS_PREFIX) and name.endswith(".jsonl"):
+            run = name.removeprefix(ROLLOUTS_PREFIX).removesuffix(".jsonl")
+        elif name.startswith(RECORDS_PREFIX) and name.endswith(".jsonl"):
+            run = name.removeprefix(RECORDS_PREFIX).removesuffix(".jsonl")
+        else:
+            return None
+        return cls(path.parent, run) if run else None
+
+
+def run_records(directory: Path | str, run_name: str) -> Path:
+    """The records file of run `run_name` in `directory` (it may not exist yet)."""
+    return RunFiles(Path(directory), run_name).records
+
+
+def newest_records(directory: Path | str) -> Path:
+    """The most recently written records file in `directory`; DataError when there is none."""
+    directory = Path(directory)
+    candidates = [
+        path
+        for path in directory.glob(f"{RECORDS_PREFIX}*.jsonl")
+        if path.is_file() and RunFiles.of(path) is not None
+    ]
+    if not candidates:
+        raise DataError(
+            f"No training data: no {RECORDS_PREFIX}*.jsonl in {directory}. Collect first "
+            "(`pettingllms collect`) or pass training.train_data_path=FILE."
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+def read_run_config(files: RunFiles) -> dict[str, Any] | None:
+    """The saved `_config.json` of a run, or None when it is missing or unreadable."""
+    try:
+        content = json.loads(files.config.read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def default_run_name(directory: Path) -> str:
+    """The start time, made unique in `directory` by creating the run's ledger on the spot,
+    so two collections started in the same second cannot share a run."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    name, suffix = stamp, 1
+    while True:
+        try:
+            os.close(os.open(RunFiles(directory, name).rollouts, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return name
+        except FileExistsError:
+            suffix += 1
+            name = f"{stamp}_{suffix}"
+
+
+def lock_run(files: RunFiles):
+    """Hold the run's ledger locked for as long as the returned file stays open."""
+    handle = open(files.rollouts, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(
+            f"Run '{files.run_name}' in {files.directory} is being collected by another process; "
+            "wait for it or use another training.run_name."
+        ) from None
+    return handle
+
+
+def write_json_atomic(path: Path, content: Any) -> None:
+    """Write JSON so that a reader never sees half a file, and no temporary file stays behind."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
