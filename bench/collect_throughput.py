@@ -14,8 +14,8 @@ import os
 import tempfile
 import time
 
+from pettingllms.collect import collect
 from pettingllms.config import load_config
-from pettingllms.runner import collect
 
 
 def measure(env: str, policy: str, concurrency: int, episodes: int) -> dict:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pettingllms.exceptions import DataError, UserError
+from pettingllms.exceptions import UserError
 
 OVERRIDES_HELP = (
     "key=value overrides, e.g. env.name=sokoban policy=expert training.sft_num_episodes=50; "
@@ -24,21 +24,30 @@ OVERRIDES_HELP = (
 )
 
 
-def cmd_collect(args: argparse.Namespace) -> int:
-    from pettingllms.config import load_config
+def load_command_config(args: argparse.Namespace, presets: tuple[str, ...] = ()):
+    """The config of a command: `presets`, then the Hydra-style `--config-path/--config-name` preset,
+    then the `key=value` overrides."""
+    from pettingllms.config import load_config, resolve_preset
 
-    config = load_config(args.overrides)
+    if args.config_path and not args.config_name:
+        raise UserError("--config-path needs --config-name NAME (a NAME.yaml in that folder).")
+    chosen = [f"config={resolve_preset(args.config_path, args.config_name)}"] if args.config_name else []
+    return load_config([*presets, *chosen, *args.overrides])
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    config = load_command_config(args)
     result = _collect(config)
     return exit_status(result)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pettingllms.config import load_config
-
-    config = load_config(args.overrides)
+    config = load_command_config(args)
     paths = train_data_paths(config)
     settings = config.training.sft_config
     if settings.model_name_or_path is None:
+        from pettingllms.models import collecting_model
+
         settings.model_name_or_path = collecting_model(paths)
     summary = _train(config, paths)
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, one line, not one per process
@@ -47,16 +56,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pettingllms.config import load_config
-
-    config = load_config(args.overrides)
+    config = load_command_config(args)
     result = _collect(config)
     if result.interrupted:
         return exit_status(result)
     if not config.training.run_sft_training:
         print("training.run_sft_training=false: collected only.")
         return 0
-    _train(config, [str(result.files.records)], trained_policies(config))
+    _train(config, [glob.escape(str(result.files.records))], trained_policies(config))
     return 0
 
 
@@ -79,13 +86,13 @@ def trained_policies(config) -> dict[str, str | None]:
 
 
 def cmd_quick_test(args: argparse.Namespace) -> int:
-    from pettingllms.config import CONFIG_DIR, load_config
+    from pettingllms.config import CONFIG_DIR
 
-    config = load_config([f"config={CONFIG_DIR / 'quick_test.yaml'}", *args.overrides])
+    config = load_command_config(args, presets=(f"config={CONFIG_DIR / 'quick_test.yaml'}",))
     result = _collect(config)
     if result.interrupted:
         return exit_status(result)
-    summary = _train(config, [str(result.files.records)])
+    summary = _train(config, [glob.escape(str(result.files.records))])
     print_summary_table(result.stats, summary, result.files)
     return 0
 
@@ -117,7 +124,10 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from pettingllms.config import describe_keys
 
-    for key, default, text in describe_keys():
+    rows = [row for row in describe_keys() if row[0].startswith(args.prefix)]
+    if not rows:
+        raise UserError(f"No config key starts with '{args.prefix}'; try `pettingllms keys` for all of them.")
+    for key, default, text in rows:
         print(f"{key} = {default!r}\n    {text}")
     return 0
 
@@ -153,7 +163,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _collect(config):
-    from pettingllms.runner import collect
+    from pettingllms.collect import collect
 
     result = collect(config)
     stats = result.stats
@@ -163,10 +173,11 @@ def _collect(config):
         f"{stats['error_episodes']} errors."
     )
     if stats["total_episodes"] and stats["successful_episodes"] == 0 and config.training.only_success:
-        print(
-            "No episode succeeded, so nothing is kept (training.only_success=true); "
-            "a tiny or untrained model is expected to score zero."
-        )
+        models = any(policy.backend != "expert" for policy in config.policies_by_name().values())
+        hint = "; a tiny or untrained model is expected to score zero" if models else ""
+        print(f"No episode succeeded, so nothing is kept (training.only_success=true){hint}.")
+    if result.retried:
+        print(f"{result.retried} episodes that had ended in an infrastructure error were played again.")
     for label, path in (
         ("records", result.files.records),
         ("stats", result.files.stats),
@@ -190,7 +201,7 @@ def exit_status(result) -> int:
 
 
 def _train(config, paths: list[str], policy_models: dict[str, str] | None = None) -> dict[str, Any]:
-    from pettingllms.runner import training_model_path
+    from pettingllms.models import model_for_training
     from pettingllms.training.sft import run_training
 
     settings = config.training.sft_config
@@ -198,7 +209,7 @@ def _train(config, paths: list[str], policy_models: dict[str, str] | None = None
         print("Role-specialized agents: training one adapter per policy (training.sft_config.per_policy=true).")
         settings.per_policy = True
     if settings.model_name_or_path is None:
-        settings.model_name_or_path = training_model_path(config)
+        settings.model_name_or_path = model_for_training(config)
         if config.policy.backend == "openai" and not config.policy.model_path:
             print(
                 f"warning: training {settings.model_name_or_path}, not the served model: set "
@@ -211,38 +222,17 @@ def _train(config, paths: list[str], policy_models: dict[str, str] | None = None
 
 def train_data_paths(config) -> list[str]:
     """`training.train_data_path` (files or globs: a list, or a string with commas), else the
-    records of run `training.run_name`, else the newest collected file."""
+    records of run `training.run_name`, else the newest collected file. A path made from a run
+    name is escaped: a run name is a name, never a pattern."""
+    from pettingllms.runfiles import newest_records, run_records
+
     wanted = config.training.train_data_path
     if wanted:
         items = wanted.split(",") if isinstance(wanted, str) else wanted
         return [str(item).strip() for item in items if str(item).strip()]
     if config.training.run_name:
-        return [os.path.join(config.training.sft_data_dir, f"sft_data_{config.training.run_name}.jsonl")]
-    pattern = os.path.join(config.training.sft_data_dir, "sft_data_*.jsonl")
-    candidates = glob.glob(pattern)
-    if not candidates:
-        raise DataError(
-            f"No training data: nothing matches {pattern}. Collect first "
-            "(`pettingllms collect`) or pass training.train_data_path=FILE."
-        )
-    return [max(candidates, key=os.path.getmtime)]
-
-
-def collecting_model(paths: list[str]) -> str | None:
-    """The model that collected these records, from the run config saved beside them (if one
-    collected them all and it was a local model): train-only then fine-tunes that model."""
-    models = set()
-    for path in paths:
-        name = Path(path).name
-        if not (name.startswith("sft_data_") and name.endswith(".jsonl")):
-            return None
-        saved = Path(path).with_name(name.removesuffix(".jsonl") + "_config.json")
-        try:
-            policy = json.loads(saved.read_text())["config"]["policy"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        models.add(policy.get("model_path") if policy.get("backend") in ("hf", "openai") else None)
-    return models.pop() if len(models) == 1 else None
+        return [glob.escape(str(run_records(config.training.sft_data_dir, config.training.run_name)))]
+    return [glob.escape(str(newest_records(config.training.sft_data_dir)))]
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
@@ -281,9 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+        sub.add_argument("--config-path", metavar="DIR", help="folder of preset YAML files (as Hydra's flag)")
+        sub.add_argument(
+            "--config-name", metavar="NAME", help="preset NAME.yaml from --config-path (default: configs/)"
+        )
         sub.set_defaults(handler=handler)
     commands.add_parser("envs", help="list registered environments").set_defaults(handler=cmd_envs)
-    commands.add_parser("keys", help="list every config key with its default and help").set_defaults(handler=cmd_keys)
+    keys = commands.add_parser("keys", help="list every config key with its default and help")
+    keys.add_argument(
+        "prefix", nargs="?", default="", help="only keys that start with this, e.g. policy or training.sft"
+    )
+    keys.set_defaults(handler=cmd_keys)
     merge = commands.add_parser("merge-lora", help="merge a LoRA adapter into its base model")
     merge.add_argument("--base_model_name", required=True, help="base model folder or cached Hub id")
     merge.add_argument("--lora_model_path", required=True, help="adapter folder (from `pettingllms train`)")
@@ -301,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow `--config-name NAME` too; argparse leaves those over as unknown arguments.
+    args, extra = parser.parse_known_args(argv)
+    unexpected = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unexpected or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unexpected or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.handler(args)
     except UserError as error:

@@ -30,12 +30,17 @@ class ResumeMismatchError(UserError):
     """Resuming a run with settings that differ from the ones its files were made with."""
 
 
-class PolicyError(Exception):
-    """A backend could not produce a reply (server down, timeout after retries...).
+class InfrastructureError(Exception):
+    """Something around the model failed (a server, a timeout, the sandbox), not the model itself.
 
-    Not the model's fault: the runner records the episode as an error of `kind` and goes on.
+    The runner records the episode as an error of `kind` and goes on; a resumed run plays
+    such episodes again when the kind is transient (`collect.TRANSIENT_ERROR_KINDS`).
     """
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+
+class PolicyError(InfrastructureError):
+    """A backend could not produce a reply (server down, timeout after retries...)."""

@@ -1,10 +1,10 @@
-"""Pure data shaping for collection: episode -> training records, the filters, the stats.
+"""Pure data shaping for collection: the episode and record schemas, episode -> records, filters, stats.
 
-No I/O here. An *episode* is the JSON-ready dict the runner writes to `rollouts_<run>.jsonl`;
-a *record* is one kept agent turn in TRL's conversational format (DESIGN.md). Because every
-record is derived from an episode, filtering again never needs new rollouts:
-`pettingllms stats` and a resumed run rebuild records from the rollouts file with these
-same functions.
+No I/O here. An `Episode` is what the runner writes, one per line, to `rollouts_<run>.jsonl`;
+a `Record` is one kept agent turn in TRL's conversational format. Both are described field by
+field in `docs/data-format.md`. Because every record is derived from an episode, filtering again
+never needs new rollouts: `pettingllms stats` and a resumed run rebuild records from the
+rollouts file with these same functions.
 """
 
 from __future__ import annotations
@@ -13,20 +13,138 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-Episode = dict[str, Any]
-Record = dict[str, Any]
+from pettingllms.exceptions import DataError
 
 
-def turn_is_successful(episode: Episode, turn: dict[str, Any], collect_mode: str) -> bool:
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+class EpisodeError(TypedDict):
+    kind: str
+    """`http_5xx`, `timeout`, `sandbox_error`, `env_error`...: what stopped the episode."""
+    message: str
+
+
+class Turn(TypedDict):
+    """One agent's reply and what the environment made of it."""
+
+    turn_idx: int
+    agent: str
+    policy_name: str
+    trainable: bool
+    messages: list[Message]
+    response: str
+    prompt_text: str | None
+    reward: float
+    valid: bool
+    parse_error: str | None
+    details: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    generate_s: float
+    step_s: float
+
+
+class Episode(TypedDict):
+    """One episode, kept or not: a line of `rollouts_<run>.jsonl`."""
+
+    episode_id: str
+    env_name: str
+    env_idx: int
+    rollout_idx: int
+    seed: int
+    task_id: str | None
+    success: bool
+    agent_success: dict[str, bool | None]
+    terminated: bool
+    truncated: bool
+    error: EpisodeError | None
+    turns: list[Turn]
+    wall_time_s: float
+
+
+class RecordMetadata(TypedDict):
+    agent_name: str
+    policy_name: str
+    reward: float
+    env_success: bool
+    agent_success: bool | None
+    env_name: str
+    env_idx: int
+    rollout_idx: int
+    turn_idx: int
+    episode_id: str
+    task_id: str | None
+    seed: int
+
+
+class Record(TypedDict):
+    """One kept agent turn: a line of `sft_data_<run>.jsonl`."""
+
+    messages: list[Message]
+    metadata: RecordMetadata
+
+
+_EPISODE_TYPES = {
+    "episode_id": str,
+    "env_name": str,
+    "env_idx": int,
+    "rollout_idx": int,
+    "seed": int,
+    "success": bool,
+    "agent_success": dict,
+    "turns": list,
+}
+_TURN_TYPES = {
+    "turn_idx": int,
+    "agent": str,
+    "policy_name": str,
+    "trainable": bool,
+    "messages": list,
+    "response": str,
+    "valid": bool,
+}
+
+
+def check_episode(episode: Any, where: str) -> Episode:
+    """`episode` if it has every field the filters and stats read, else a DataError naming `where`."""
+    if not isinstance(episode, dict) or not isinstance(episode.get("episode_id"), str):
+        raise DataError(f"{where} is not an episode (no episode_id); is this a rollouts file?")
+    _check_fields(episode, _EPISODE_TYPES, where, "episode")
+    for number, turn in enumerate(episode["turns"]):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: turn {number} of the episode is not an object; the file was damaged.")
+        _check_fields(turn, _TURN_TYPES, where, f"turn {number}")
+    error = episode.get("error")
+    if error is not None and not (isinstance(error, dict) and isinstance(error.get("kind"), str)):
+        raise DataError(f"{where}: the episode's 'error' has no 'kind'; the file was damaged.")
+    return episode
+
+
+def _check_fields(row: dict[str, Any], types: dict[str, type], where: str, what: str) -> None:
+    for name, expected in types.items():
+        value = row.get(name)
+        # bool is an int to Python; a count or index must not be a bool, nor a flag a number.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            found = "missing" if name not in row else f"a {type(value).__name__}"
+            raise DataError(
+                f"{where}: the {what}'s '{name}' is {found}, expected a {expected.__name__}; the file was damaged."
+            )
+
+
+def turn_is_successful(episode: Episode, turn: Turn, collect_mode: str) -> bool:
     """Episode success (`collect_mode='env'`), or the acting agent's own success ('agent')."""
     if collect_mode == "agent":
         return bool(episode["agent_success"].get(turn["agent"]))
     return bool(episode["success"])
 
 
-def make_record(episode: Episode, turn: dict[str, Any]) -> Record:
+def make_record(episode: Episode, turn: Turn) -> Record:
     """One agent turn as a training record: the prompt the agent saw plus its reply."""
     messages = [*turn["messages"], {"role": "assistant", "content": turn["response"]}]
     metadata = {
@@ -78,7 +196,7 @@ class RecordFilter:
             kept.append(record)
         return kept
 
-    def _drop_reason(self, episode: Episode, turn: dict[str, Any]) -> str | None:
+    def _drop_reason(self, episode: Episode, turn: Turn) -> str | None:
         if episode.get("error"):
             return "error_episode"
         if not turn["trainable"]:

@@ -17,12 +17,15 @@ import fcntl
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pettingllms.exceptions import ConfigError, DataError, UserError
+from pettingllms.jsonl import read_jsonl, split_torn_tail
+from pettingllms.records import Episode, check_episode
 
 RECORDS_PREFIX = "sft_data_"
 ROLLOUTS_PREFIX = "rollouts_"
@@ -85,9 +88,7 @@ def newest_records(directory: Path | str) -> Path:
     """The most recently written records file in `directory`; DataError when there is none."""
     directory = Path(directory)
     candidates = [
-        path
-        for path in directory.glob(f"{RECORDS_PREFIX}*.jsonl")
-        if path.is_file() and RunFiles.of(path) is not None
+        path for path in directory.glob(f"{RECORDS_PREFIX}*.jsonl") if path.is_file() and RunFiles.of(path) is not None
     ]
     if not candidates:
         raise DataError(
@@ -147,3 +148,32 @@ def write_json_atomic(path: Path, content: Any) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def read_ledger(path: Path, repair: bool = True) -> list[Episode]:
+    """The episodes a run finished, from its rollouts file; a later line for an episode replaces an earlier one.
+
+    A kill can only leave a last line without its newline (a torn write): it is cut off with a
+    warning (`repair` truncates the file) and its episode runs again. A broken line before it
+    means the file was damaged some other way, and that is a DataError, not something to guess about.
+    """
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete, tail = split_torn_tail(data)
+    episodes: dict[str, Episode] = {}
+    for row, where in read_jsonl(path, data=complete):
+        episode = check_episode(row, where)
+        episodes.pop(episode["episode_id"], None)  # a re-run episode takes its new place in the order
+        episodes[episode["episode_id"]] = episode
+    if tail:
+        line = complete.count(b"\n") + 1
+        print(
+            f"warning: {path}:{line} is a torn line (the run was killed mid-write); "
+            "dropping it, its episode runs again.",
+            file=sys.stderr,
+        )
+        if repair:
+            with open(path, "r+b") as handle:
+                handle.truncate(len(complete))
+    return list(episodes.values())

@@ -13,53 +13,48 @@ from typing import Any
 
 from pettingllms.exceptions import DataError
 from pettingllms.records import CollectionStats, RecordFilter, summarize_lengths
+from pettingllms.runfiles import RunFiles, read_ledger, read_run_config
 
 
 def stats_for_file(path: Path, plot: bool = False) -> dict[str, Any]:
     """Stats of a `rollouts_<run>.jsonl` or a records file; optionally a PNG of the lengths."""
     if not path.exists():
         raise DataError(f"No such file: {path}")
-    if path.name.startswith("rollouts_"):
-        stats = rollout_stats(path)
-        lengths = stats["_lengths"]
+    files = RunFiles.of(path)
+    if files is not None and path.name == files.rollouts.name:
+        stats = rollout_stats(files)
     else:
         stats = record_stats(path)
-        lengths = stats["_lengths"]
+    lengths = stats["_lengths"]
     del stats["_lengths"]
     if plot:
         stats["plot"] = str(plot_lengths(lengths, path.with_suffix(".lengths.png")))
     return stats
 
 
-def rollout_stats(path: Path) -> dict[str, Any]:
-    from pettingllms.runner import read_ledger
-
-    episodes = read_ledger(path, repair=False)
+def rollout_stats(files: RunFiles) -> dict[str, Any]:
+    """The stats of a run recomputed from its rollouts file, filtered with the run's own settings."""
+    episodes = read_ledger(files.rollouts, repair=False)
     if not episodes:
-        raise DataError(f"{path} holds no episodes.")
-    run_name = path.name.removeprefix("rollouts_").removesuffix(".jsonl")
-    training = _saved_training_config(path.with_name(f"sft_data_{run_name}_config.json"))
+        raise DataError(f"{files.rollouts} holds no episodes.")
+    training = (read_run_config(files) or {}).get("config", {}).get("training", {})
     record_filter = RecordFilter(
         training.get("only_success", True),
         training.get("collect_mode", "env"),
         training.get("dedup", False),
         training.get("max_records_per_task"),
     )
-    stats = CollectionStats(episodes[0]["env_name"], run_name)
+    stats = CollectionStats(episodes[0]["env_name"], files.run_name)
     for episode in episodes:
         stats.add(episode, record_filter.keep(episode))
     # Episodes ran concurrently, so their times do not add up to the run's: take the run's
     # own wall time from the stats file beside the rollouts, or say there is none.
-    collected = _read_json(path.with_name(f"sft_data_{run_name}_stats.json"))
+    collected = _read_json(files.stats)
     result = stats.to_dict(collected.get("wall_time_s", 0.0), record_filter.removed)
     if "wall_time_s" not in collected:
         result["wall_time_s"] = result["episodes_per_s"] = None
     result["_lengths"] = stats.record_chars
     return result
-
-
-def _saved_training_config(path: Path) -> dict[str, Any]:
-    return _read_json(path).get("config", {}).get("training", {})
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -31,7 +31,10 @@ def test_keys_lists_keys_with_help():
     [
         (["collect", "env.name=sokobn"], "Unknown env 'sokobn'. Did you mean 'sokoban'? Registered: sokoban"),
         (["collect", "policy=nope"], "Unknown policy 'nope'"),
-        (["collect", "training.sft_num_episodes=0"], "training.sft_num_episodes=0 is invalid; expected an integer in 1"),
+        (
+            ["collect", "training.sft_num_episodes=0"],
+            "training.sft_num_episodes=0 is invalid; expected an integer in 1",
+        ),
         (["collect", "training.sft_num_episode=3"], "Unknown config key 'training.sft_num_episode'"),
         (["collect", "oops"], "is not key=value"),
         (["collect", "policy.model_path=/no/such/model", "training.sft_num_episodes=1"], "/no/such/model"),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pettingllms.collect import EpisodePlan, collect
 from pettingllms.config import load_config
-from pettingllms.runner import collect, plan_episodes
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -68,14 +68,14 @@ def test_same_seed_and_config_give_the_same_episodes(tmp_path):
 
 def test_samples_per_task_share_a_task(tmp_path):
     config = load_config(["training.sft_num_episodes=6", "training.num_samples_per_task=3"])
-    specs = plan_episodes(config)
+    specs = list(EpisodePlan(config))
     assert [(s.env_idx, s.rollout_idx) for s in specs] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert len({s.episode_id for s in specs}) == 6 and specs[0].seed == specs[2].seed != specs[3].seed
 
 
 def test_train_and_test_splits_use_disjoint_seeds():
-    train = {s.seed for s in plan_episodes(load_config(["training.sft_num_episodes=500"]))}
-    test = {s.seed for s in plan_episodes(load_config(["training.sft_num_episodes=500", "env.split=test"]))}
+    train = {s.seed for s in EpisodePlan(load_config(["training.sft_num_episodes=500"]))}
+    test = {s.seed for s in EpisodePlan(load_config(["training.sft_num_episodes=500", "env.split=test"]))}
     assert not train & test
 
 
@@ -115,10 +115,10 @@ def test_an_exception_inside_an_env_costs_one_episode_not_the_run(capsys):
     """A deliberately broken env (a test double: no registered env raises on purpose)."""
     import asyncio
 
+    from pettingllms.collect import AgentSlot, EpisodeSpec, run_episode
     from pettingllms.envs import TurnBasedTextEnv
     from pettingllms.policies.base import SamplingParams
     from pettingllms.policies.expert import ExpertPolicy
-    from pettingllms.runner import AgentSlot, EpisodeSpec, run_episode
 
     class BrokenEnv(TurnBasedTextEnv):
         possible_agents = ("solver",)
@@ -189,13 +189,13 @@ def test_test_split_works_for_procedural_envs(tmp_path):
 
 
 def test_training_seed_shifts_where_a_dataset_walk_starts():
-    specs = plan_episodes(load_config(["env.name=math_env", "training.seed=50", "training.sft_num_episodes=3"]))
+    specs = list(EpisodePlan(load_config(["env.name=math_env", "training.seed=50", "training.sft_num_episodes=3"])))
     assert [s.task_index for s in specs] == [50, 51, 52]
 
 
 def test_two_runs_never_share_a_name_and_a_run_is_collected_by_one_process_at_a_time(tmp_path):
+    from pettingllms.collect import Collector
     from pettingllms.exceptions import UserError
-    from pettingllms.runner import Collector
 
     config = load_config([f"training.sft_data_dir={tmp_path}", "policy=expert"])
     first, second = Collector(config), Collector(config)  # the same second, the same folder

@@ -22,7 +22,7 @@ from test_resume import (
     wait_for_lines,
 )
 
-from pettingllms.runner import RunFiles
+from pettingllms.runfiles import RunFiles
 
 EPISODES = 16
 STOP_WITHIN_S = 15.0

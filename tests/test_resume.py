@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from pettingllms import runner
+from pettingllms.collect import EpisodePlan, collect
+from pettingllms.collect import collector as collector_module
 from pettingllms.config import load_config
 from pettingllms.exceptions import DataError
 from pettingllms.records import record_key
-from pettingllms.runner import RunFiles, collect, plan_episodes
+from pettingllms.runfiles import RunFiles
 
 TIMING_STATS = ("wall_time_s", "episodes_per_s")
 SOKOBAN = ["env.name=sokoban", "policy=expert", "policy.error_rate=0.3"]
@@ -137,7 +138,7 @@ def check_consistent(files: RunFiles, episodes_wanted: int | None = None) -> tup
 
 
 def planned_ids(episodes: int) -> set[str]:
-    return {spec.episode_id for spec in plan_episodes(load_config([*SOKOBAN, f"training.sft_num_episodes={episodes}"]))}
+    return {spec.episode_id for spec in EpisodePlan(load_config([*SOKOBAN, f"training.sft_num_episodes={episodes}"]))}
 
 
 def assert_same_collection(files: RunFiles, reference: RunFiles, episodes_wanted: int) -> None:
@@ -270,7 +271,7 @@ def test_resume_of_a_finished_run_runs_nothing(finished_run, tmp_path, monkeypat
     async def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run must not start an episode")
 
-    monkeypatch.setattr(runner, "run_episode", must_not_run)
+    monkeypatch.setattr(collector_module, "run_episode", must_not_run)
     capsys.readouterr()
     result = collect_in_process(files.directory, "small", 6)
 

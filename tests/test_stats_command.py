@@ -2,8 +2,8 @@ import json
 import subprocess
 import sys
 
+from pettingllms.collect import collect
 from pettingllms.config import load_config
-from pettingllms.runner import collect
 
 
 def test_stats_recomputed_from_rollouts_equal_the_collected_ones(tmp_path):

@@ -41,9 +41,10 @@ GROUPS = ("env", "policy")
 
 def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build the config from the layers in the module docstring; raise ConfigError on mistakes."""
-    preset, groups, dotted = _split_overrides(overrides)
+    presets, groups, dotted = _split_overrides(overrides)
+    _check_env_choice(groups, dotted)
     layers = [OmegaConf.structured(Config)]
-    preset_layer = _read_yaml(Path(preset)) if preset else OmegaConf.create()
+    preset_layer = OmegaConf.merge(OmegaConf.create(), *(_read_yaml(Path(preset)) for preset in presets))
     env_name = groups.get("env") or _dotted_value(dotted, "env.name") or OmegaConf.select(preset_layer, "env.name")
     env_name = env_name or Config().env.name
     env_file = CONFIG_DIR / "env" / f"{env_name}.yaml"
@@ -64,19 +65,43 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     return config
 
 
-def _split_overrides(overrides) -> tuple[str | None, dict[str, str], list[str]]:
-    preset, groups, dotted = None, {}, []
+def _split_overrides(overrides) -> tuple[list[str], dict[str, str], list[str]]:
+    presets, groups, dotted = [], {}, []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"Override '{item}' is not key=value (e.g. training.sft_num_episodes=50).")
         if key == "config":
-            preset = value
+            presets.append(value)
         elif key in GROUPS:
             groups[key] = value
         else:
             dotted.append(item)
-    return preset, groups, dotted
+    return presets, groups, dotted
+
+
+def _check_env_choice(groups: dict[str, str], dotted: list[str]) -> None:
+    """`env=A env.name=B` names two environments: refuse it instead of mixing A's YAML into B."""
+    named = _dotted_value(dotted, "env.name")
+    if "env" in groups and named is not None and named != groups["env"]:
+        raise ConfigError(
+            f"env={groups['env']} and env.name={named} name two environments; give one of them "
+            "(env=NAME and env.name=NAME are the same choice)."
+        )
+
+
+def resolve_preset(config_path: str | None, config_name: str) -> Path:
+    """The YAML file `--config-path DIR --config-name NAME` names, as Hydra finds it (DIR defaults to configs/)."""
+    directory = Path(config_path).expanduser() if config_path else CONFIG_DIR
+    file_name = config_name if config_name.endswith((".yaml", ".yml")) else f"{config_name}.yaml"
+    path = directory / file_name
+    if path.is_file():
+        return path
+    if not directory.is_dir():
+        raise ConfigError(f"--config-path {directory} is not a folder.")
+    available = sorted(item.stem for item in directory.glob("*.y*ml"))
+    listing = ", ".join(available) if available else "no YAML file"
+    raise ConfigError(f"--config-name {config_name}: there is no {path}. {directory} has: {listing}.")
 
 
 def _dotted_value(dotted: list[str], key: str) -> str | None:

@@ -60,6 +60,14 @@ class SFTSettings:
             "`training_summary.json` are written. With `per_policy`, one subfolder per policy."
         },
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace what an earlier training wrote to `output_dir`. Without it such a folder is refused "
+            "(continue it with `resume_from_checkpoint=last` instead); a non-empty folder that holds no "
+            "pettingllms output (no pettingllms_output.json) is refused either way."
+        },
+    )
     use_lora: bool = field(
         default=True,
         metadata={"help": "Train a LoRA adapter (PEFT). False fine-tunes every weight of the model."},
@@ -111,8 +119,9 @@ class SFTSettings:
     thinking: str = field(
         default="keep",
         metadata={
-            "help": "'keep' trains on the reply as written; 'strip' removes `<think>...</think>` blocks from the "
-            "trained reply (see `pettingllms.training.data.strip_thinking`).",
+            "help": "'keep' trains on the reply as written; 'strip' trains on the answer alone: `<think>...</think>` "
+            "blocks are removed and an `<answer>...</answer>` element is unwrapped to its text, other text "
+            "is left as written (see `pettingllms.training.data.answer_only`).",
             "choices": ["keep", "strip"],
         },
     )
@@ -176,7 +185,10 @@ class SFTSettings:
     )
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={"help": "Resume from a checkpoint folder, or 'last' for the newest checkpoint in `output_dir`."},
+        metadata={
+            "help": "Resume from a checkpoint folder, or 'last' for the newest checkpoint in `output_dir`. Never "
+            "automatic: a rerun into a folder that holds an unfinished training is refused and names this key."
+        },
     )
     report_to: str = field(
         default="none",
@@ -198,6 +210,12 @@ class SFTSettings:
         require(self.learning_rate > 0, f"{key}.learning_rate", self.learning_rate, "a number > 0")
         require(0 <= self.lora_dropout < 1, f"{key}.lora_dropout", self.lora_dropout, "a number in [0, 1)")
         require(self.thinking in ("keep", "strip"), f"{key}.thinking", self.thinking, "'keep' or 'strip'")
+        require(
+            not (self.overwrite and self.resume_from_checkpoint),
+            f"{key}.overwrite",
+            self.overwrite,
+            "false when resume_from_checkpoint is set (resuming keeps the folder)",
+        )
         require(
             self.lr_scheduler_type in SCHEDULERS,
             f"{key}.lr_scheduler_type",

@@ -17,7 +17,7 @@ from pettingllms.envs.code_tasks import (
     outputs_match,
     sample_asserts,
 )
-from pettingllms.exceptions import ConfigError
+from pettingllms.exceptions import ConfigError, InfrastructureError
 
 MAX_GENERATED_TESTS = 10
 TAIL_CHARS = 600
@@ -59,22 +59,16 @@ def _tail(text: str) -> str:
 def run_program(program: str, stdin: str = "", timeout_s: float = 10.0) -> dict[str, Any]:
     """Run model-written code in the sandbox; what happened, as plain values for the rollout log.
 
-    `ok` means it exited with status 0 in time. A sandbox that cannot start at all is recorded
-    as a failed run (`sandbox_error`) rather than raised, so the collector keeps going.
+    `ok` means it exited with status 0 in time. A sandbox that cannot start at all is not the
+    program's fault: it raises `InfrastructureError('sandbox_error')`, so the episode is recorded
+    as an error (and played again on resume) instead of as a failure of the model.
     """
     from pettingllms.sandbox import WORKDIR_PREFIX, SandboxError, run_python
 
     try:
         result = run_python(program, stdin=stdin, timeout_s=timeout_s)
     except SandboxError as error:
-        return {
-            "ok": False,
-            "returncode": None,
-            "timed_out": False,
-            "stopped_for": "sandbox_error",
-            "stdout": "",
-            "stderr_tail": str(error)[-TAIL_CHARS:],
-        }
+        raise InfrastructureError("sandbox_error", f"the sandbox could not start: {error}") from None
     # The run's temporary directory is random: drop it so identical runs log identical text.
     stderr = re.sub(rf"/\S*{WORKDIR_PREFIX}[^/\s]*/", "", result.stderr)
     return {

@@ -26,6 +26,7 @@ from typing import Any
 
 from pettingllms import sandbox
 from pettingllms.envs.base import Message, TurnBasedTextEnv, TurnResult
+from pettingllms.exceptions import InfrastructureError
 
 ANSWER_MARKER = "Actions:"
 MOVE_NAMES = {
@@ -291,7 +292,10 @@ class PlanningEnv(TurnBasedTextEnv):
             self._tool_report = "The tool agent wrote no program this round."
             self._tool_summary = "wrote no program"
             return TurnResult(valid=False, parse_error=str(error), agent_success=False)
-        run = sandbox.run_python(code, timeout_s=self.tool_timeout_s)
+        try:
+            run = sandbox.run_python(code, timeout_s=self.tool_timeout_s)
+        except sandbox.SandboxError as error:  # not the program's fault: the episode is an error, replayed on resume
+            raise InfrastructureError("sandbox_error", f"the sandbox could not start: {error}") from None
         details: dict[str, Any] = {
             "returncode": run.returncode,
             "timed_out": run.timed_out,

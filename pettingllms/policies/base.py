@@ -9,8 +9,8 @@ sends them concurrently, bounded.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -31,8 +31,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     agent: str = ""
     episode_id: str = ""
-    env: Any = None
-    """The live environment. Only the expert reads it; model backends must not."""
+    expert: Callable[[bool], str] | None = None
+    """The environment's solver for this turn, `expert(wrong)`, given to policies that ask for it
+    (`Policy.needs_expert`); model backends never see the environment."""
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Generation:
 
 class Policy(abc.ABC):
     """A named source of replies; `name` is the `policy_name` written into records."""
+
+    needs_expert: bool = False
+    """True for policies that play the environment's own solver (`GenerationRequest.expert`)."""
 
     def __init__(self, name: str):
         self.name = name

@@ -13,6 +13,8 @@ from pettingllms.policies.base import Generation, GenerationRequest, Policy
 
 
 class ExpertPolicy(Policy):
+    needs_expert = True
+
     def __init__(self, name: str = "expert", error_rate: float = 0.0, seed: int = 0):
         super().__init__(name)
         self.error_rate = error_rate
@@ -24,5 +26,7 @@ class ExpertPolicy(Policy):
         return int.from_bytes(digest[:8], "big") / 2**64 < self.error_rate
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        text = request.env.expert_reply(wrong=self.plays_wrong(request.episode_id))
+        if request.expert is None:
+            raise ValueError("the expert policy needs GenerationRequest.expert (the environment's solver)")
+        text = request.expert(self.plays_wrong(request.episode_id))
         return Generation(text=text)

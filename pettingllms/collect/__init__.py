@@ -1,0 +1,69 @@
+"""Collection: run many episodes at once, keep the successful turns, write each episode as it ends.
+
+    >>> from pettingllms.collect import collect
+    >>> result = collect(load_config(["env.name=sokoban", "policy=expert"]))
+    >>> result.files.records                      # sft_data_<run>.jsonl
+
+`plan` decides which episodes a run plays (and what a resume must share), `episode` plays one,
+`collector` owns a run's files and workers, `signals` stops it cleanly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pettingllms.collect.collector import TRANSIENT_ERROR_KINDS, Collector
+from pettingllms.collect.episode import AgentSlot, build_agent_slots, make_env, run_episode
+from pettingllms.collect.plan import EpisodePlan, EpisodeSpec
+from pettingllms.collect.signals import run_until_signal
+from pettingllms.config import Config
+from pettingllms.runfiles import RunFiles
+
+
+@dataclass
+class CollectResult:
+    files: RunFiles
+    stats: dict[str, Any]
+    stopped_by: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early, if one did."""
+    retried: int = 0
+    """Episodes of an earlier attempt that ended in an infrastructure error and were played again."""
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
+
+
+def collect(config: Config) -> CollectResult:
+    """Run a collection (or resume one) and return where its files are, with its stats.
+
+    SIGINT/SIGTERM stop it cleanly: episodes in flight are abandoned, everything finished is
+    on disk, and the same command resumes.
+    """
+    collector = Collector(config)
+    try:
+        todo = collector.prepare()
+        stats: dict[str, Any] = {}
+        stopped_by = run_until_signal(
+            collector.run(todo),
+            threads=config.training.rollout_concurrency + 4,
+            finish=lambda: stats.update(collector.write_stats()),
+        )
+    finally:
+        collector.close()
+    return CollectResult(collector.files, stats, stopped_by, collector.retried)
+
+
+__all__ = [
+    "TRANSIENT_ERROR_KINDS",
+    "AgentSlot",
+    "CollectResult",
+    "Collector",
+    "EpisodePlan",
+    "EpisodeSpec",
+    "build_agent_slots",
+    "collect",
+    "make_env",
+    "run_episode",
+]

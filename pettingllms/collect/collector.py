@@ -1,0 +1,300 @@
+"""One collection run: its files, its filter and stats, and the workers that fill them.
+
+The rollouts file is the run's ledger: an episode counts as done once its line is there.
+Records are written before that line, so after a crash a resume rebuilds the records file from
+the ledger, and nothing is lost or duplicated. `docs/data-format.md` describes the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pettingllms.collect.episode import AgentSlot, build_agent_slots, make_env, run_episode
+from pettingllms.collect.plan import EpisodePlan, EpisodeSpec, check_resume, run_identity
+from pettingllms.config import Config, to_dict
+from pettingllms.exceptions import ConfigError, DataError
+from pettingllms.jsonl import JsonlAppender, read_jsonl, split_torn_tail, write_jsonl_atomic
+from pettingllms.records import CollectionStats, Episode, Record, RecordFilter
+from pettingllms.runfiles import RunFiles, default_run_name, lock_run, read_ledger, write_json_atomic
+
+STATS_EVERY_S = 5.0
+TRANSIENT_ERROR_KINDS = frozenset(
+    {"http_429", "http_5xx", "timeout", "connection", "bad_response", "sandbox_error", "generate_error", "closed"}
+)
+"""Episode errors that say nothing about the model (a server, the network, the sandbox): a resumed
+run plays those episodes again (`training.retry_infra_errors`)."""
+
+
+def write_failure(path: Path, error: OSError) -> DataError:
+    """One line for a failed write: which file, why, and that nothing finished is lost."""
+    return DataError(
+        f"Cannot write {path}: {error.strerror or error}. Episodes finished before are saved; "
+        "free space (or fix the folder) and run the same command to resume."
+    )
+
+
+class Collector:
+    """One collection run: files, filter, stats and the workers that fill them."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.plan = EpisodePlan(config)
+        self.env_name = self.plan.env_name
+        # The env and the policies first: a mistake in their settings is reported before any file is written.
+        self.probe = make_env(config)
+        self.slots = build_agent_slots(config, self.probe)
+        directory = Path(config.training.sft_data_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            run_name = config.training.run_name or default_run_name(directory)
+            self.files = RunFiles(directory, run_name)
+            self._lock = lock_run(self.files)
+        except OSError as error:
+            raise DataError(
+                f"Cannot write collection files in training.sft_data_dir={directory}: {error.strerror or error}."
+            ) from None
+        training = config.training
+        self.filter = RecordFilter(
+            training.only_success, training.collect_mode, training.dedup, training.max_records_per_task
+        )
+        self.stats = CollectionStats(self.env_name, run_name)
+        self.token_counter = TokenCounter(config)
+        self.started = time.perf_counter()
+        self.previous_wall_time = 0.0
+        self.retried = 0
+
+    def prepare(self) -> Iterator[EpisodeSpec]:
+        """Resume what is on disk; return the episodes still to run (lazily, in plan order)."""
+        ledger = read_ledger(self.files.rollouts)
+        check_records_accounted(self.files, {episode["episode_id"] for episode in ledger})
+        if ledger:  # a run that finished no episode may restart with other settings
+            check_resume(self.files, self.config)
+        done = [episode for episode in ledger if not self._plays_again(episode)]
+        self.retried = len(ledger) - len(done)
+        self.token_counter.load()
+        if ledger:
+            again = f"; {self.retried} that ended in an infrastructure error run again" if self.retried else ""
+            print(
+                f"Resuming run '{self.files.run_name}': {len(done)} episodes already collected{again}.", file=sys.stderr
+            )
+        if len(ledger) > len(self.plan) or not all(self.plan.contains(episode) for episode in ledger):
+            raise ConfigError(
+                f"Run '{self.files.run_name}' already has {len(ledger)} episodes, more than (or other than) "
+                f"training.sft_num_episodes={len(self.plan)} plans; ask for at least {len(ledger)} "
+                "or use another training.run_name."
+            )
+        self._rebuild_records(done)
+        self._save_config()
+        finished = {episode["episode_id"] for episode in done}
+        self.remaining = len(self.plan) - len(finished)
+        return (spec for spec in self.plan if spec.episode_id not in finished)
+
+    def _plays_again(self, episode: Episode) -> bool:
+        error = episode.get("error")
+        return bool(error) and self.config.training.retry_infra_errors and error["kind"] in TRANSIENT_ERROR_KINDS
+
+    def _rebuild_records(self, done: list[Episode]) -> None:
+        """Write the records file anew from the ledger, so a crash leaves no orphan or twin."""
+        previous = self._read_previous_stats()
+        self.previous_wall_time = previous.get("wall_time_s", 0.0) if previous else 0.0
+
+        def records() -> Iterator[Record]:
+            for episode in done:
+                kept = self.filter.keep(episode)
+                self.stats.add(episode, kept, self.token_counter.count(kept))
+                yield from kept
+
+        try:
+            write_jsonl_atomic(self.files.records, records())
+        except OSError as error:
+            raise write_failure(self.files.records, error) from None
+
+    def _read_previous_stats(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.files.stats.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _save_config(self) -> None:
+        content = {"identity": run_identity(self.config), "config": to_dict(self.config)}
+        try:
+            write_json_atomic(self.files.config, content)
+        except OSError as error:
+            raise write_failure(self.files.config, error) from None
+
+    def close(self) -> None:
+        """Release the run's lock."""
+        self._lock.close()
+
+    def write_stats(self) -> dict[str, Any]:
+        wall_time = self.previous_wall_time + time.perf_counter() - self.started
+        stats = self.stats.to_dict(wall_time, self.filter.removed, self.token_counter.name)
+        try:
+            write_json_atomic(self.files.stats, stats)
+        except OSError as error:
+            raise write_failure(self.files.stats, error) from None
+        return stats
+
+    async def run(self, todo: Iterable[EpisodeSpec]) -> None:
+        """Run `todo` on bounded workers, writing each episode as it ends."""
+        if not self.remaining:
+            return
+        queue = iter(todo)
+        progress = Progress(self.stats.episodes + self.remaining, initial=self.stats.episodes)
+        try:
+            writer = EpisodeWriter(self, progress)
+        except OSError as error:
+            raise write_failure(self.files.directory, error) from None
+        workers = min(self.config.training.rollout_concurrency, self.remaining)
+        environments = [self.probe] + [make_env(self.config) for _ in range(workers - 1)]
+        tasks = [asyncio.ensure_future(self._work(env, queue, writer)) for env in environments]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # one worker failing (or a stop) ends them all
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+            progress.close()
+            for policy in {id(slot.policy): slot.policy for slot in self.slots.values()}.values():
+                await policy.close()
+
+    async def _work(self, env, queue: Iterator[EpisodeSpec], writer: EpisodeWriter) -> None:
+        slots: dict[str, AgentSlot] = self.slots
+        for spec in queue:
+            episode = await run_episode(env, spec, slots, self.env_name)
+            writer.write(episode)
+
+
+def check_records_accounted(files: RunFiles, ledger_ids: set[str]) -> None:
+    """Refuse to touch a records file that the run's ledger cannot account for.
+
+    Resuming rewrites the records file from the ledger. Our own writes leave at most one episode's
+    records ahead of the ledger (killed between the two writes) and only after the run's config
+    was saved; anything else (a records file copied without its rollouts file, another tool's
+    file under our name) would be lost by that rewrite.
+    """
+    if not files.records.exists() or files.records.stat().st_size == 0:
+        return
+    complete, _ = split_torn_tail(files.records.read_bytes())
+    try:
+        unknown = {
+            (row.get("metadata") or {}).get("episode_id") if isinstance(row, dict) else None
+            for row, _ in read_jsonl(files.records, data=complete)
+        } - ledger_ids
+    except DataError:
+        unknown = {None}
+    ours = files.config.exists() and len(unknown) <= 1 and None not in unknown
+    if unknown and not ours:
+        raise DataError(
+            f"{files.records} holds records that {files.rollouts.name} does not account for (copied without "
+            f"its rollouts file?); collecting run '{files.run_name}' would rewrite it. Move the file elsewhere "
+            "or use another training.run_name."
+        )
+
+
+class EpisodeWriter:
+    """Appends a finished episode: its records first, then its ledger line (the commit)."""
+
+    def __init__(self, collector: Collector, progress: Progress):
+        self.collector, self.progress = collector, progress
+        files = collector.files
+        self.records = JsonlAppender(files.records)
+        self.ledger = JsonlAppender(files.rollouts)
+        self.last_stats = time.perf_counter()
+
+    def write(self, episode: Episode) -> None:
+        collector = self.collector
+        kept = collector.filter.keep(episode)
+        for appender, rows in ((self.records, kept), (self.ledger, [episode])):
+            try:
+                appender.write_all(rows)
+            except OSError as error:
+                raise write_failure(appender.path, error) from None
+        collector.stats.add(episode, kept, collector.token_counter.count(kept))
+        if time.perf_counter() - self.last_stats > STATS_EVERY_S:
+            collector.write_stats()
+            self.last_stats = time.perf_counter()
+        self.progress.update(collector.stats)
+
+    def close(self) -> None:
+        for appender in (self.records, self.ledger):
+            try:
+                appender.sync()
+                appender.close()
+            except OSError:
+                pass  # a full disk: the write that failed has already said so, and a resume repairs the tail
+
+
+class Progress:
+    """A progress bar on stderr (tqdm), with the success rate and records kept so far."""
+
+    def __init__(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        disabled = os.environ.get("PETTINGLLMS_PROGRESS", "1") == "0"
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc="episodes",
+            unit="ep",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=disabled,
+        )
+
+    def update(self, stats: CollectionStats) -> None:
+        rate = stats.successful / stats.episodes if stats.episodes else 0.0
+        self.bar.set_postfix(success=f"{rate:.2f}", kept=stats.kept, errors=sum(stats.errors.values()), refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class TokenCounter:
+    """Counts the tokens of kept records with the tokenizer that will train on them."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.name: str | None = None
+        self._tokenizer = None
+        self._failed = False
+
+    def count(self, records: list[Record]) -> list[int]:
+        tokenizer = self.load()
+        if tokenizer is None:
+            return []
+        try:
+            return [
+                len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
+                for record in records
+            ]
+        except Exception as error:  # e.g. a template that refuses a system message: stats lose one field
+            print(f"warning: token counts unavailable ({type(error).__name__}: {error})", file=sys.stderr)
+            self._failed, self._tokenizer, self.name = True, None, None
+            return []
+
+    def load(self):
+        """Load the tokenizer now (slow: imports transformers), before the event loop needs it."""
+        if self._tokenizer is not None or self._failed:
+            return self._tokenizer
+        try:
+            from transformers import AutoTokenizer
+
+            from pettingllms.models import model_for_training
+
+            path = model_for_training(self.config)
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            self.name = str(path)
+        except Exception as error:  # stats lose one field; collection must go on
+            print(f"warning: token counts unavailable ({error})", file=sys.stderr)
+            self._failed = True
+        return self._tokenizer

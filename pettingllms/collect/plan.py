@@ -1,0 +1,127 @@
+"""Which episodes a run plays, and which settings a resumed run must share with its files.
+
+Episode i of a run is task i // num_samples_per_task, sample i % num_samples_per_task. The
+plan is computed on demand (a run of a million episodes is not a million objects), and the
+same config always gives the same plan, so a resumed run knows exactly what is left.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pettingllms import envs
+from pettingllms.config import Config, to_dict
+from pettingllms.exceptions import ConfigError, DataError, ResumeMismatchError
+from pettingllms.records import Episode
+from pettingllms.runfiles import RunFiles, read_run_config
+
+SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000}
+"""Train and test tasks come from disjoint seed ranges: train seeds stay below the test offset."""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which episode to run: its place in the run and its task."""
+
+    index: int
+    env_idx: int
+    rollout_idx: int
+    seed: int
+    episode_id: str
+    task_index: int
+    """Dataset envs play task `task_index` mod N: `training.seed` shifts where the walk starts."""
+
+
+class EpisodePlan:
+    """Every episode of a run, in order, computed on demand."""
+
+    def __init__(self, config: Config):
+        training = config.training
+        self.env_name = envs.resolve_name(config.env.name)
+        self.split = config.env.split
+        self.size = training.sft_num_episodes
+        self.samples = training.num_samples_per_task
+        self.first_task = training.seed
+        tasks = -(-self.size // self.samples)
+        if self.split == "train" and self.first_task + tasks > SPLIT_SEED_OFFSET["test"]:
+            raise ConfigError(
+                f"training.seed={self.first_task} plus {tasks:,} tasks reaches the test split's seeds "
+                f"(from {SPLIT_SEED_OFFSET['test']:,}); collect fewer episodes or start from a lower seed."
+            )
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[EpisodeSpec]:
+        return (self.spec(index) for index in range(self.size))
+
+    def spec(self, index: int) -> EpisodeSpec:
+        env_idx, rollout_idx = divmod(index, self.samples)
+        seed = SPLIT_SEED_OFFSET[self.split] + self.first_task + env_idx
+        episode_id = f"{self.env_name}-{self.split}-{seed}-{rollout_idx}"
+        return EpisodeSpec(index, env_idx, rollout_idx, seed, episode_id, self.first_task + env_idx)
+
+    def contains(self, episode: Episode) -> bool:
+        """Whether a finished episode (from a ledger) is one of this plan's."""
+        index = episode["env_idx"] * self.samples + episode["rollout_idx"]
+        in_range = 0 <= episode["rollout_idx"] < self.samples and 0 <= index < self.size
+        return in_range and self.spec(index).episode_id == episode["episode_id"]
+
+
+GUARDED_KEYS = (
+    "env",
+    "training.seed",
+    "training.num_samples_per_task",
+    "training.only_success",
+    "training.collect_mode",
+    "training.dedup",
+    "training.max_records_per_task",
+    "agents",
+)
+"""Settings a resumed run must share with the files it continues."""
+POLICY_IDENTITY = ("backend", "model_path", "model", "error_rate", "mode")
+"""The policy settings that change what is written; URLs, timeouts and concurrency may change."""
+
+
+def run_identity(config: Config) -> dict[str, Any]:
+    """The guarded settings of a run, as saved beside its data."""
+    plain = to_dict(config)
+    identity = {}
+    for key in GUARDED_KEYS:
+        value: Any = plain
+        for part in key.split("."):
+            value = value[part]
+        identity[key] = value
+    identity["env"]["name"] = envs.resolve_name(config.env.name)
+    identity["agents"] = {agent: settings["trainable"] for agent, settings in identity["agents"].items()}
+    # Who writes the replies: a resumed run must not mix in another model or expert setting.
+    policies = [(plain["policy"]["name"], plain["policy"]), *plain["policies"].items()]
+    identity["policies"] = {name: {key: policy[key] for key in POLICY_IDENTITY} for name, policy in policies}
+    return identity
+
+
+def check_resume(files: RunFiles, config: Config) -> None:
+    """Refuse to continue a run whose files were made with other guarded settings."""
+    if not files.config.exists():
+        return
+    saved = (read_run_config(files) or {}).get("identity")
+    if not isinstance(saved, dict):
+        raise DataError(
+            f"{files.config} is damaged, so run '{files.run_name}' cannot be checked for resuming; "
+            "use another training.run_name."
+        )
+    current = json.loads(json.dumps(run_identity(config)))
+    differences = [
+        f"{key}: files have {saved.get(key)!r}, now {current[key]!r}"
+        for key in current
+        if saved.get(key) != current[key]
+    ]
+    if differences:
+        raise ResumeMismatchError(
+            f"Cannot resume run '{files.run_name}' with different settings ("
+            + "; ".join(differences)
+            + "). Use another training.run_name."
+        )
