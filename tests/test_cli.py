@@ -39,6 +39,12 @@ def test_keys_lists_keys_with_help():
         (["collect", "oops"], "is not key=value"),
         (["collect", "policy.model_path=/no/such/model", "training.sft_num_episodes=1"], "/no/such/model"),
         (["train", "training.train_data_path=/no/such/*.jsonl"], "/no/such/*.jsonl"),
+        (["collect", "env=sokoban", "env.name=sudoku"], "env=sokoban and env.name=sudoku name two environments"),
+        (["collect", "env=code_env", "env.name=sokoban"], "env=code_env and env.name=sokoban name two"),
+        (["collect", "training.seed=-5"], "training.seed=-5 is invalid; expected an integer >= 0"),
+        (["collect", "training.run_name=r[1]"], "glob characters"),
+        (["collect", "training.sft_num_episodes=99999999999999999999999"], "training.sft_num_episodes"),
+        (["collect", "--config-name", "nope"], "--config-name nope: there is no"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
@@ -63,7 +69,7 @@ def test_train_data_paths_from_a_list_commas_or_the_run_name():
 def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
     import json
 
-    from pettingllms.cli import collecting_model
+    from pettingllms.models import collecting_model
 
     def collected_by(run, policy):
         (tmp_path / f"sft_data_{run}.jsonl").write_text("")
@@ -103,3 +109,39 @@ def test_a_model_that_cannot_load_stops_the_run_with_one_line_and_the_run_can_re
     fixed = run_cli(*args, cwd=tmp_path)  # same run name, the working (tiny) model
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert "2 episodes" in fixed.stdout
+
+
+def test_keys_filters_by_prefix_and_marks_backend_only_keys():
+    result = run_cli("keys", "policy.")
+    assert result.returncode == 0, result.stderr
+    keys = [line.split(" = ")[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert keys and all(key.startswith("policy.") for key in keys)
+    assert "policy.max_batch_size" in keys and "[hf only]" in result.stdout and "[openai only]" in result.stdout
+    nothing = run_cli("keys", "polcy")
+    assert nothing.returncode == 2 and "No config key starts with 'polcy'" in nothing.stderr
+
+
+def test_hydra_style_config_path_and_name_select_a_preset(tmp_path):
+    presets = tmp_path / "my_env"
+    presets.mkdir()
+    (presets / "small.yaml").write_text(
+        "env:\n  name: sudoku\npolicy:\n  name: expert\n  backend: expert\ntraining:\n  sft_num_episodes: 2\n"
+    )
+    result = run_cli(
+        "collect", "--config-path", str(presets), "--config-name", "small", "training.run_name=h",
+        "training.sft_data_dir=data", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = (tmp_path / "data" / "sft_data_h_stats.json").read_text()
+    assert '"env_name": "sudoku"' in stats and '"total_episodes": 2' in stats
+    missing = run_cli("collect", "--config-path", str(presets), "--config-name", "big", cwd=tmp_path)
+    assert missing.returncode == 2 and "there is no" in missing.stderr and "has: small" in missing.stderr
+    alone = run_cli("collect", "--config-path", str(presets), cwd=tmp_path)
+    assert alone.returncode == 2 and "--config-path needs --config-name" in alone.stderr
+
+
+def test_the_built_in_presets_are_found_by_name_alone(tmp_path):
+    from pettingllms.config import load_config, resolve_preset
+
+    config = load_config([f"config={resolve_preset(None, 'quick_test')}"])
+    assert config.training.sft_data_dir == "./sft_data/quick_test"
