@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--output", required=True, help="folder to write")
     tiny.set_defaults(handler=cmd_make_tiny_model)
     stats = commands.add_parser("stats", help="recompute and print stats for collected files")
-    stats.add_argument("files", nargs="+", help="rollouts_<run>.jsonl or sft_data_<run>.jsonl files")
+    stats.add_argument("files", nargs="+", help="a run's rollouts or records files (JSONL)")
     stats.add_argument("--plot", action="store_true", help="also write a PNG of length histograms beside each file")
     stats.set_defaults(handler=cmd_stats)
     return parser
