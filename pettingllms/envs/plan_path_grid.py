@@ -111,7 +111,9 @@ def apply_path(grid: Grid, plan: list[str]) -> PathOutcome:
     return PathOutcome(cells, cells[-1] == grid.goal)
 
 
-# Self-contained, standard library only: the expert's tool program embeds this function's source.
+# Self-contained, standard library only: the expert's tool program embeds this function's source,
+# so its text is training data: the formatter must not change it (that would change collected records).
+# fmt: off
 def find_shortest_path(rows):
     """A shortest list of moves ("Up"/"Down"/"Left"/"Right") from S to G in a grid drawn as rows, or None.
 
@@ -143,6 +145,7 @@ def find_shortest_path(rows):
                 came_from[(r, c)] = (cell, move)
                 queue.append((r, c))
     return None
+# fmt: on
 
 
 def generate_grid(

@@ -128,7 +128,9 @@ def apply_plan(room: Room, plan: list[str]) -> PlanOutcome:
     return PlanOutcome(room, len(plan), is_solved(room))
 
 
-# Self-contained, standard library only: the expert's tool program embeds this function's source.
+# Self-contained, standard library only: the expert's tool program embeds this function's source,
+# so its text is training data: the formatter must not change it (that would change collected records).
+# fmt: off
 def solve_sokoban(rows):
     """A shortest plan (list of "Up"/"Down"/"Left"/"Right") for a room drawn as a list of rows, or None.
 
@@ -180,6 +182,7 @@ def solve_sokoban(rows):
                 came_from[next_state] = (state, move)
                 queue.append(next_state)
     return None
+# fmt: on
 
 
 def generate_room(

@@ -67,14 +67,16 @@ def check_answer(puzzle: Grid, answer: Grid) -> list[str]:
     return problems + find_conflicts(answer)
 
 
-# Self-contained, standard library only: the expert's tool program embeds this function's source.
+# Self-contained, standard library only: the expert's tool program embeds this function's source,
+# so its text is training data: the formatter must not change it (that would change collected records).
+# fmt: off
 def solve_sudoku(grid):
     """A filled copy of `grid` (rows of ints, 0 = empty), or None when it has no solution.
 
     Backtracking search that always fills the empty cell with the fewest candidates.
     """
     n = len(grid)
-    side = int(round(n**0.5))
+    side = int(round(n ** 0.5))
     cells = [list(row) for row in grid]
 
     def candidates(r, c):
@@ -111,6 +113,7 @@ def solve_sudoku(grid):
                 if not allowed:
                     return None
     return cells if search() else None
+# fmt: on
 
 
 def count_solutions(grid: Grid, limit: int = 2) -> int:
