@@ -29,12 +29,19 @@ What is protected when the collector runs as root (our CI and containers):
 - Network: with CAP_SYS_ADMIN the launcher enters a new network namespace with no interface
   up, not even loopback. Without it the program has the host's network, and the result says
   `network_isolated=False`.
-- Files: with CAP_SYS_ADMIN the launcher also enters private mount and IPC namespaces. The
-  working directory, `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock` become small private tmpfs
-  mounts (the disk cannot fill up, and nothing persists or is shared between runs), `/proc`
-  hides other users' processes, System V IPC objects die with the run, and interpreter
-  directories under a directory only root may enter (pyenv in `/root`) are bound back
-  read-only while the rest of that directory stays hidden (`private_tmp=True`).
+- Files: with CAP_SYS_ADMIN the launcher also enters private mount and IPC namespaces. Every
+  mount is made read-only there, then the working directory, `/tmp`, `/var/tmp`, `/dev/shm`
+  and `/run/lock` become small private tmpfs mounts, the only places the program can write
+  (the disk cannot fill up, and nothing persists or is shared between runs; a world-writable
+  folder elsewhere, a 1777 `/srv/x` or a 0777 data folder, takes no file). `/proc` hides other
+  users' processes, System V IPC objects die with the run, and interpreter directories under
+  a directory only root may enter (pyenv in `/root`) are bound back read-only while the rest
+  of that directory stays hidden (`private_tmp=True`).
+- Kernel surface: the program runs in a user namespace of its own in which it cannot create
+  another (`max_user_namespaces=0`, or its uid left unmapped where `/proc/sys` is read-only),
+  so it cannot unshare(CLONE_NEWUSER) to get capabilities and, with them, kernel code that
+  unprivileged users otherwise cannot reach (netfilter, mounts). Where the launcher cannot
+  create one, the program, with the same uid under the same kernel policy, cannot either.
 - Resources: CPU seconds (timeout + 1), address space (`memory_mb`, so a memory bomb gets a
   MemoryError), file size (`max_file_mb`), open files, no core dumps. stdout and stderr keep
   at most `max_output_bytes` each; a program that writes far more is killed.
@@ -43,15 +50,19 @@ What is protected when the collector runs as root (our CI and containers):
 
 What is not protected: this is a process sandbox, not a virtual machine. The program shares
 the kernel, and it can read every world-readable file (the repository, the virtualenv).
-Without CAP_SYS_ADMIN it can write to world-writable directories such as `/tmp` (each file
-at most `max_file_mb`). If the interpreter sits where other users cannot enter and no mount
-namespace can expose it, the program runs as root (`separate_user=False`, logged once as a
-warning) with no process-count limit. When the collector is not root, the program runs as the
-same user: it gets a user+network namespace if the kernel allows one, `RLIMIT_NPROC` is the
-user's current task count plus `max_processes`, only the process group is killed at the end
-(a program that leaves its group survives), and it can signal the collector and read its
-files and `/proc` entries. Killed orphans are reaped by pid 1, so the collector should run
-under an init that reaps (docker `--init`); until reaped they block their uid slot.
+Without CAP_SYS_ADMIN (no mount namespace) it can write to every world-writable directory:
+`/tmp` and `/dev/shm`, but also a 1777 folder such as `/srv/x` or a 0777 data folder, where
+it can plant files that outlive the run (each at most `max_file_mb`, in any number); on such
+hosts keep data folders out of other users' reach (0755). If the interpreter sits where other
+users cannot enter and no mount namespace can expose it, the program runs as root
+(`separate_user=False`, logged once as a warning) with no process-count limit, and may create
+user namespaces. When the collector is not root, the program runs as the same user: it gets
+a user+network namespace if the kernel allows one (its uid unmapped there, so it cannot create
+another), `RLIMIT_NPROC` is the user's current task count plus `max_processes`, only the
+process group is killed at the end (a program that leaves its group survives), and it can
+signal the collector and read its files and `/proc` entries. Killed orphans are reaped by
+pid 1, so the collector should run under an init that reaps (docker `--init`); until reaped
+they block their uid slot.
 
 The child runs `python -s -P` (no user site-packages, script directory not on `sys.path`):
 isolated mode `-I` minus ignoring `PYTHON*` variables, because PYTHONHASHSEED=0 must take
@@ -63,12 +74,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import json
 import logging
 import math
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -102,7 +115,10 @@ _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
 _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
+_SYS_MOUNT_SETATTR = 442  # the same on every architecture (Linux 5.12+)
+_AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 1
+_RLIMIT_MAX = 2**63 - 1  # the largest limit setrlimit takes from Python: a larger one means none
 
 
 class SandboxError(RuntimeError):
@@ -144,6 +160,9 @@ class SandboxResult:
         return self.returncode == 0 and not self.timed_out
 
 
+_WHOLE_LIMIT_MINIMUMS = {"memory_mb": 32, "max_output_bytes": 1, "max_file_mb": 1, "max_processes": 1, "scratch_mb": 1}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Limits:
     """The limits of one run, as given to `run_python`."""
@@ -182,14 +201,23 @@ def run_python(
 
 
 def _check_limits(limits: _Limits) -> None:
-    """Reject limits that cannot work, naming the argument and what is accepted."""
-    if not limits.timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {limits.timeout_s!r}")
-    if limits.memory_mb < 32:
-        raise ValueError(f"memory_mb must be >= 32 (Python needs it to start), got {limits.memory_mb!r}")
-    for name in ("max_output_bytes", "max_file_mb", "max_processes", "scratch_mb"):
-        if getattr(limits, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(limits, name)!r}")
+    """Reject limits that cannot work, naming the argument and what is accepted.
+
+    Checked here, not where they are used: a NaN or infinite limit would otherwise fail deep
+    in the launcher (setrlimit, tmpfs options) as a SandboxError that blames the sandbox.
+    """
+    timeout_s = limits.timeout_s
+    if not _is_number(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
+    for name, minimum in _WHOLE_LIMIT_MINIMUMS.items():
+        value = getattr(limits, name)
+        if not _is_number(value, int) or value < minimum:
+            why = " (Python needs it to start)" if name == "memory_mb" else ""
+            raise ValueError(f"{name} must be a whole number >= {minimum}{why}, got {value!r}")
+
+
+def _is_number(value: object, kinds: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------ one run, seen from the collector
@@ -725,6 +753,8 @@ def _launch(config: dict) -> NoReturn:
         report = _isolate_as_root(config) if os.geteuid() == 0 else _isolate_as_user()
         _bind_to_parent(config["parent_pid"])
         _apply_limits(config["limits"], shares_uid=not report["separate_user"])
+        if report["separate_user"]:
+            _forbid_user_namespaces(report["uid"])
         os.write(status_fd, (json.dumps(report) + "\n").encode())
         python = config["python"]
         os.execve(python, [python, "-s", "-P", SCRIPT_NAME], config["env"])
@@ -740,6 +770,7 @@ def _isolate_as_root(config: dict) -> dict:
     private_tmp = _unshare(_CLONE_NEWNS | _CLONE_NEWIPC)
     if private_tmp:
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # our mounts stay ours
+        _make_read_only()  # all that is mounted now; the mounts made below are the writable ones
         _expose_interpreter(config["exposed"])
         _mount_private_scratch(
             config["workdir"], config["uid"], config["limits"]["scratch_mb"], config["interpreter_dirs"]
@@ -778,6 +809,69 @@ def _become(uid: int) -> None:
     except PermissionError:
         return
     raise RuntimeError(f"dropping privileges to uid {uid} did not work")
+
+
+def _forbid_user_namespaces(uid: int) -> None:
+    """Enter a user namespace of our own in which the program cannot create another, so it
+    cannot unshare(CLONE_NEWUSER) to get every capability there, and with them kernel code
+    that is a common way in (netfilter, mounts of its own).
+
+    Every way out of here forbids it: max_user_namespaces=0 (we hold CAP_SYS_RESOURCE in the
+    namespace until execve, the program never does, so it cannot raise it again) with `uid`
+    mapped to itself, so ids look the same from inside; or, where /proc/sys is read-only
+    (docker), no uid map at all: the kernel refuses a namespace to a process whose uid has no
+    mapping (the program then sees itself and root's files as uid 65534). And if we cannot
+    create a namespace, the program, with our uid under the same kernel policy, cannot either.
+    """
+    if not _unshare(_CLONE_NEWUSER):
+        return
+    try:
+        Path("/proc/sys/user/max_user_namespaces").write_text("0")
+    except OSError:
+        return
+    # Since we dropped root we are not dumpable, so /proc/self is root's and its maps closed
+    # to us; the program is dumpable anyway once it is exec'd, and dumps no core.
+    _check(_libc().prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(DUMPABLE)")
+    with contextlib.suppress(OSError):  # left unmapped it is still forbidden, as above
+        Path("/proc/self/setgroups").write_text("deny")  # the kernel wants this before an unprivileged gid_map
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"{uid} {uid} 1")
+
+
+def _make_read_only() -> None:
+    """Make every mount read-only, so that the program cannot leave files in world-writable
+    folders outside its scratch mounts (a 1777 /srv/x, a 0777 data folder). One mount_setattr
+    call (Linux 5.12+); older kernels have each mount point remounted."""
+    import ctypes
+
+    attributes = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)  # struct mount_attr: set, clear, ...
+    size = ctypes.sizeof(attributes)
+    result = _libc().syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attributes), size)
+    if result != 0 and ctypes.get_errno() == errno.ENOSYS:
+        _remount_each_read_only()
+    else:
+        _check(result, "mount_setattr / (read-only)")
+
+
+def _remount_each_read_only() -> None:
+    """What `_make_read_only` does, one mount point at a time. A remount drops the flags it
+    does not repeat, so each keeps its nosuid, nodev and noexec (ST_* = MS_* values)."""
+    for point in _mount_points():
+        try:
+            kept = os.statvfs(point).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
+            _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.ENOENT):  # hidden under a later mount
+                raise
+
+
+def _mount_points() -> list[str]:
+    """Every mount point of our mount namespace: field 5 of /proc/self/mountinfo, where a
+    space and the like are written as octal escapes (\\040)."""
+    with open("/proc/self/mountinfo", "rb") as stream:
+        fields = [line.split(b" ")[4] for line in stream.read().splitlines()]
+    octal = re.compile(rb"\\([0-7]{3})")
+    return [os.fsdecode(octal.sub(lambda match: bytes([int(match[1], 8)]), field)) for field in fields]
 
 
 def _expose_interpreter(exposed: dict[str, list[str]]) -> None:
@@ -859,10 +953,9 @@ def _lower_limit(which: int, soft: int, hard: int | None = None) -> None:
     import resource
 
     _, current_hard = resource.getrlimit(which)
+    ceiling = _RLIMIT_MAX if current_hard == resource.RLIM_INFINITY else current_hard
     hard = soft if hard is None else hard
-    if current_hard != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current_hard), min(hard, current_hard)
-    resource.setrlimit(which, (soft, hard))
+    resource.setrlimit(which, (min(soft, ceiling), min(hard, ceiling)))
 
 
 @functools.cache
@@ -874,6 +967,7 @@ def _libc():
     libc.mount.argtypes = [text, text, text, number, text]
     libc.unshare.argtypes = [ctypes.c_int]
     libc.prctl.argtypes = [ctypes.c_int, number, number, number, number]
+    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_long, text, ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t]
     return libc
 
 

@@ -8,8 +8,10 @@ module docstring of pettingllms.sandbox explains.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +37,12 @@ def isolation() -> SandboxResult:
 def separate_user(isolation: SandboxResult) -> None:
     if not isolation.separate_user:
         pytest.skip("programs run as the collector's own user here (not root, or no way to switch)")
+
+
+@pytest.fixture
+def mount_namespace(isolation: SandboxResult) -> None:
+    if not isolation.private_tmp:
+        pytest.skip("no mount namespace here (needs root with CAP_SYS_ADMIN): see the module docstring")
 
 
 def run(code: str, **kwargs) -> SandboxResult:
@@ -269,7 +277,7 @@ def victim_dir():
 def test_cannot_write_or_delete_files_outside_its_directory(separate_user, victim_dir):
     result = run(
         f"""
-        import os
+        import errno, os
         victim = {str(victim_dir / "victim.txt")!r}
         print("visible", os.path.exists(victim))
         attempts = {{
@@ -284,15 +292,138 @@ def test_cannot_write_or_delete_files_outside_its_directory(separate_user, victi
                 attempt()
                 print(name, "DONE")
             except OSError as error:
-                print(name, type(error).__name__)
+                print(name, errno.errorcode[error.errno])
         """
     )
     assert result.separate_user
-    assert "visible True" in result.stdout
-    assert "DONE" not in result.stdout
-    assert result.stdout.count("PermissionError") == 5
+    lines = result.stdout.splitlines()
+    assert lines[0] == "visible True"
+    refusals = {"EACCES", "EPERM", "EROFS"}  # not its file; read-only when there is a mount namespace
+    assert [line.split()[0] for line in lines[1:]] == ["create", "append", "delete", "rename", "chmod"]
+    assert all(line.split()[1] in refusals for line in lines[1:]), lines
     assert sorted(path.name for path in victim_dir.iterdir()) == ["victim.txt"]
     assert (victim_dir / "victim.txt").read_text() == "precious"
+
+
+@pytest.fixture
+def world_writable_dirs():
+    """A sticky 1777 folder and a 0777 data folder holding a 0666 log, both visible to the
+    program and outside its private tmpfs mounts (see `victim_dir` for where)."""
+    parent = Path(tempfile.mkdtemp(prefix=".sandbox_open_", dir=_visible_parent()))
+    try:
+        parent.chmod(0o755)
+        sticky, data = parent / "sticky", parent / "data"
+        sticky.mkdir()
+        sticky.chmod(0o1777)
+        data.mkdir()
+        data.chmod(0o777)
+        (data / "rollouts.jsonl").write_text("{}\n")
+        (data / "rollouts.jsonl").chmod(0o666)
+        yield sticky, data
+    finally:
+        shutil.rmtree(parent)
+
+
+def try_writing(attempts: list[tuple[str, str]]) -> SandboxResult:
+    """Run a program that appends a line to each (name, path) of `attempts` (makes a folder
+    when the name ends in "mkdir") and prints the name with DONE or the error's errno name."""
+    program = """
+import errno, os
+for name, path in ATTEMPTS:
+    try:
+        if name.endswith("mkdir"):
+            os.mkdir(path)
+        else:
+            with open(path, "a") as stream:
+                stream.write("{}\\n")
+        print(name, "DONE")
+    except OSError as error:
+        print(name, errno.errorcode[error.errno])
+"""
+    return run_python(f"ATTEMPTS = {attempts!r}\n{program}")
+
+
+def test_cannot_plant_files_in_world_writable_directories(mount_namespace, world_writable_dirs):
+    """Regression: a 1777 folder outside /tmp, or a 0777 data folder, took files that outlived
+    the run (a planted `rollouts_planted.jsonl`). Everything is read-only but the scratch mounts."""
+    sticky, data = world_writable_dirs
+    attempts = [
+        ("sticky", str(sticky / "planted.txt")),
+        ("sticky mkdir", str(sticky / "planted")),
+        ("data", str(data / "rollouts_planted.jsonl")),
+        ("append", str(data / "rollouts.jsonl")),
+    ]
+    result = try_writing(attempts)
+    assert result.ok, result.stderr
+    assert result.stdout.splitlines() == [f"{name} EROFS" for name, _ in attempts]
+    assert list(sticky.iterdir()) == []
+    assert sorted(path.name for path in data.iterdir()) == ["rollouts.jsonl"]
+    assert (data / "rollouts.jsonl").read_text() == "{}\n"
+
+
+def test_kernels_without_mount_setattr_get_each_mount_remounted_read_only(mount_namespace, world_writable_dirs):
+    """The fallback of `_make_read_only` for Linux before 5.12, run as root in a mount
+    namespace of its own: read-only everywhere, a mount's nosuid/nodev/noexec kept, and a
+    mount point with a space in its name (octal-escaped in /proc/self/mountinfo) found."""
+    sticky, data = world_writable_dirs
+    probe = f"""
+import errno, os, runpy
+sandbox = runpy.run_path({sandbox.__file__!r})
+assert sandbox["_unshare"](sandbox["_CLONE_NEWNS"])
+sandbox["_mount"](None, "/", None, sandbox["_MS_REC"] | sandbox["_MS_PRIVATE"])
+spaced = {str(sticky / "a mount point")!r}
+os.mkdir(spaced)
+sandbox["_mount"]("tmpfs", spaced, "tmpfs", os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC, "size=1m")
+sandbox["_remount_each_read_only"]()
+print(all(os.statvfs(point).f_flag & os.ST_RDONLY for point in sandbox["_mount_points"]() if os.path.isdir(point)))
+print(os.statvfs(spaced).f_flag & 15 == os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
+for path in (spaced + "/file", {str(data / "rollouts_planted.jsonl")!r}):
+    try:
+        open(path, "w")
+        print("DONE")
+    except OSError as error:
+        print(errno.errorcode[error.errno])
+"""
+    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["True", "True", "EROFS", "EROFS"], out.stderr
+    assert sorted(path.name for path in data.iterdir()) == ["rollouts.jsonl"]
+
+
+def test_scratch_mounts_stay_writable(mount_namespace):
+    """The other side of the read-only filesystem: its own folders still take files."""
+    attempts = [(name, f"{name}/file") for name in (".", *sandbox._SHARED_WRITABLE_DIRS) if os.path.isdir(name)]
+    attempts.append(("/dev/null", "/dev/null"))
+    result = try_writing(attempts)
+    assert result.ok, result.stderr
+    assert result.stdout.splitlines() == [f"{name} DONE" for name, _ in attempts]
+
+
+def test_cannot_create_user_namespaces(separate_user):
+    """Regression: a program could unshare(CLONE_NEWUSER) and get every capability inside
+    (more kernel to attack: netfilter, mounts). It may not, nor raise its own limit."""
+    result = run(
+        """
+        import ctypes, errno, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+            print("unshare DONE")
+        else:
+            print("unshare", errno.errorcode[ctypes.get_errno()])
+        try:
+            with open("/proc/sys/user/max_user_namespaces", "w") as stream:
+                stream.write("100")
+            print("raise limit DONE")
+        except OSError as error:
+            print("raise limit", errno.errorcode[error.errno])
+        if os.fork() == 0:  # a child is no different
+            print("child", "DONE" if libc.unshare(0x10000000) == 0 else "refused", flush=True)
+            os._exit(0)
+        os.wait()
+        """
+    )
+    assert result.ok, result.stderr
+    assert "DONE" not in result.stdout, result.stdout
+    assert "child refused" in result.stdout
 
 
 def test_files_written_to_tmp_do_not_reach_the_host():
@@ -429,14 +560,34 @@ def test_asyncio_to_thread_callers_work():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"timeout_s": 0}, "timeout_s must be > 0"),
-        ({"memory_mb": 1}, "memory_mb must be >= 32"),
-        ({"max_output_bytes": 0}, "max_output_bytes must be >= 1"),
+        ({"timeout_s": 0}, "timeout_s must be a finite number of seconds > 0, got 0"),
+        ({"timeout_s": -1.5}, "timeout_s must be a finite number of seconds > 0, got -1.5"),
+        ({"timeout_s": math.nan}, "timeout_s must be a finite number of seconds > 0, got nan"),
+        ({"timeout_s": math.inf}, "timeout_s must be a finite number of seconds > 0, got inf"),
+        ({"timeout_s": "5"}, "timeout_s must be a finite number of seconds > 0, got '5'"),
+        ({"memory_mb": 1}, r"memory_mb must be a whole number >= 32 \(Python needs it to start\), got 1"),
+        ({"memory_mb": math.inf}, "memory_mb must be a whole number >= 32 .*, got inf"),
+        ({"memory_mb": math.nan}, "memory_mb must be a whole number >= 32 .*, got nan"),
+        ({"memory_mb": 512.0}, "memory_mb must be a whole number >= 32 .*, got 512.0"),
+        ({"max_output_bytes": 0}, "max_output_bytes must be a whole number >= 1, got 0"),
+        ({"max_output_bytes": math.inf}, "max_output_bytes must be a whole number >= 1, got inf"),
+        ({"max_file_mb": -1}, "max_file_mb must be a whole number >= 1, got -1"),
+        ({"max_file_mb": math.nan}, "max_file_mb must be a whole number >= 1, got nan"),
+        ({"max_processes": math.inf}, "max_processes must be a whole number >= 1, got inf"),
+        ({"max_processes": 2.5}, "max_processes must be a whole number >= 1, got 2.5"),
+        ({"scratch_mb": math.inf}, "scratch_mb must be a whole number >= 1, got inf"),
+        ({"scratch_mb": 0}, "scratch_mb must be a whole number >= 1, got 0"),
     ],
 )
 def test_bad_limits_are_rejected_before_anything_runs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         run_python("print(1)", **kwargs)
+
+
+def test_huge_limits_mean_no_limit():
+    """Regression: a finite limit too large for setrlimit made the launcher fail."""
+    result = run_python("print(1)", timeout_s=1e300, memory_mb=10**30, max_file_mb=10**30, max_processes=10**30)
+    assert result.ok and result.stdout == "1\n", result.stderr
 
 
 def test_reports_what_isolation_it_got(isolation):
