@@ -4,10 +4,12 @@
   OpenAI-compatible server of transformers) on the tiny model in a subprocess, offline,
   with its Hugging Face cache in `work_dir`, and kills its whole process group afterwards.
 - `FaultyServer` answers in OpenAI format with a fixed reply, and fails on purpose: 429,
-  500, 400, broken JSON, hanging past the client's timeout, sending its answer one byte at
-  a time (each byte inside the read timeout, the whole far beyond it), or closing the
-  connection without a word; on a schedule, or with a seeded probability. It counts requests and the
-  most it ever had open at once, so tests can check retries, spreading and bounds.
+  500, 400, broken JSON, a 200 whose JSON is not a completion, hanging past the client's
+  timeout, sending its answer one byte at a time (each byte inside the read timeout, the
+  whole far beyond it), closing the connection without a word or halfway through the body,
+  or a body that claims a gzip encoding it does not have; on a schedule, or with a seeded
+  probability. It counts requests and the most it ever had open at once, so tests can check
+  retries, spreading and bounds.
 """
 
 from __future__ import annotations
@@ -31,9 +33,24 @@ from typing import Any
 import httpx
 
 HOST = "127.0.0.1"
-FAULTS = ("429", "500", "400", "bad_json", "hang", "trickle", "drop")
-TRANSIENT_FAULTS = ("429", "500", "hang", "drop")
+FAULTS = (
+    "429",
+    "500",
+    "408",
+    "400",
+    "308",
+    "bad_json",
+    "malformed",
+    "hang",
+    "trickle",
+    "drop",
+    "truncated",
+    "bad_gzip",
+)
+TRANSIENT_FAULTS = ("429", "500", "408", "hang", "drop", "bad_json", "malformed", "truncated")
 """Faults a client should retry."""
+ABSENT = object()
+"""`usage=ABSENT`: answers carry no usage block at all."""
 
 
 def free_port() -> int:
@@ -123,11 +140,16 @@ class FaultyServer:
             body was seen, so a retry of the same request draws anew and a whole run fails
             the same way every time, however its requests interleave.
         faults: the faults drawn from.
-        retry_after: value of the Retry-After header sent with 429 and 500 answers.
+        retry_after: value of the Retry-After header sent with 429, 500 and 408 answers.
         hang_s: how long "hang" holds a request before closing it unanswered, and how long
             "trickle" goes on.
         delay_s: time every answer takes (so that requests overlap).
-        reply: the assistant text of every answer.
+        reply: the assistant text of every answer (chat mode: None sends `"content": null`).
+        message_extra: more fields for the chat answer's message (`tool_calls`, `refusal`...).
+        usage: the usage block of every answer: "count" counts words, ABSENT leaves it out,
+            anything else is sent as it is.
+        malformed_body: what a "malformed" answer sends with its 200: bytes as they are,
+            anything else as JSON.
         model: the one model `/v1/models` lists (None: it lists none).
     """
 
@@ -140,13 +162,17 @@ class FaultyServer:
         retry_after: str | None = None,
         hang_s: float = 10.0,
         delay_s: float = 0.0,
-        reply: str = 'Actions: ["Up"]',
+        reply: str | None = 'Actions: ["Up"]',
+        message_extra: dict[str, Any] | None = None,
+        usage: Any = "count",
+        malformed_body: Any = None,
         model: str | None = "faulty-model",
     ):
         self.schedule = list(schedule)
         self.failure_rate, self.faults, self.seed = failure_rate, tuple(faults), seed
         self.retry_after, self.hang_s, self.delay_s = retry_after, hang_s, delay_s
-        self.reply, self.model = reply, model
+        self.reply, self.message_extra, self.usage, self.model = reply, dict(message_extra or {}), usage, model
+        self.malformed_body = {"object": "chat.completion", "choices": []} if malformed_body is None else malformed_body
         self.lock = threading.Lock()
         self.released = threading.Event()
         self.log: list[dict[str, Any]] = []
@@ -213,22 +239,29 @@ class FaultyServer:
         if path.endswith("/models"):
             listed = [{"id": self.model, "object": "model", "owned_by": "tests"}] if self.model else []
             return {"object": "list", "data": listed}
-        usage = {"prompt_tokens": len(json.dumps(body).split()), "completion_tokens": len(self.reply.split())}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if path.endswith("/chat/completions"):
-            choice = {"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+            message = {"role": "assistant", "content": self.reply, **self.message_extra}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
             kind = "chat.completion"
         else:
             choice = {"index": 0, "text": self.reply, "finish_reason": "stop"}
             kind = "text_completion"
-        return {
+        answer = {
             "id": f"cmpl-{len(self.log)}",
             "object": kind,
             "created": int(time.time()),
             "model": body.get("model", self.model),
             "choices": [choice],
-            "usage": usage,
         }
+        if self.usage == "count":
+            usage = {
+                "prompt_tokens": len(json.dumps(body).split()),
+                "completion_tokens": len((self.reply or "").split()),
+            }
+            answer["usage"] = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+        elif self.usage is not ABSENT:
+            answer["usage"] = self.usage
+        return answer
 
 
 class _QuietThreadingServer(ThreadingHTTPServer):
@@ -261,6 +294,9 @@ class _FaultyHandler(BaseHTTPRequestHandler):
             if outcome == "trickle":
                 self._trickle()
                 return
+            if outcome == "truncated":
+                self._truncate(raw_body)
+                return
             if outcome in ("hang", "drop"):
                 if outcome == "hang":
                     faulty.released.wait(faulty.hang_s)
@@ -275,6 +311,13 @@ class _FaultyHandler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(faulty.answer(self.path, body)).encode())
         elif outcome == "bad_json":
             self._send(200, b"{this is not json")
+        elif outcome == "malformed":
+            malformed = faulty.malformed_body
+            self._send(200, malformed if isinstance(malformed, bytes) else json.dumps(malformed).encode())
+        elif outcome == "308":
+            self._send(308, b"", {"Location": "https://elsewhere.example/v1" + self.path.removeprefix("/v1")})
+        elif outcome == "bad_gzip":
+            self._send(200, b"these bytes are not gzip", headers={"Content-Encoding": "gzip"})
         elif outcome == "400":
             self._send(
                 400,
@@ -284,17 +327,30 @@ class _FaultyHandler(BaseHTTPRequestHandler):
             )
         else:
             status = int(outcome)
-            message = "Too many requests" if status == 429 else "Internal error"
-            self._send(status, json.dumps({"object": "error", "message": message}).encode(), faulty.retry_after)
+            message = {429: "Too many requests", 408: "Request timed out"}.get(status, "Internal error")
+            retry_after = {} if faulty.retry_after is None else {"Retry-After": faulty.retry_after}
+            self._send(status, json.dumps({"object": "error", "message": message}).encode(), retry_after)
 
-    def _send(self, status: int, payload: bytes, retry_after: str | None = None) -> None:
+    def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
-        if retry_after is not None:
-            self.send_header("Retry-After", retry_after)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+    def _truncate(self, raw_body: bytes) -> None:
+        """Promise the whole answer, send its first half, and close the connection."""
+        body = json.loads(raw_body) if raw_body else {}
+        payload = json.dumps(self.server.faulty.answer(self.path, body)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload[: len(payload) // 2])
+        self.wfile.flush()
+        self._hang_up()
 
     def _trickle(self, every_s: float = 0.1) -> None:
         """Promise a long answer and send a space every `every_s`, until `hang_s` is over."""

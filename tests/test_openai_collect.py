@@ -16,10 +16,10 @@ import pytest
 # pytest puts tests/ on sys.path (no __init__.py there), so the helpers import by name.
 from servers import transformers_serve
 
+from pettingllms.collect import collect
 from pettingllms.config import load_config
 from pettingllms.policies import GenerationRequest, SamplingParams
 from pettingllms.policies.openai import OpenAIPolicy
-from pettingllms.runner import collect
 
 pytestmark = pytest.mark.slow
 

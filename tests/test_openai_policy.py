@@ -15,13 +15,20 @@ from pathlib import Path
 import pytest
 
 # pytest puts tests/ on sys.path (no __init__.py there), so the helpers import by name.
-from servers import FaultyServer, free_port
+from servers import ABSENT, FaultyServer, free_port
 
+from pettingllms.collect import collect
 from pettingllms.config import load_config
 from pettingllms.exceptions import ConfigError, PolicyError
 from pettingllms.policies import GenerationRequest, SamplingParams
-from pettingllms.policies.openai import OpenAIPolicy, RetryPolicy, ServerPool, normalize_base_url, parse_retry_after
-from pettingllms.runner import collect
+from pettingllms.policies.openai import (
+    TRANSIENT_ERROR_KINDS,
+    OpenAIPolicy,
+    RetryPolicy,
+    ServerPool,
+    normalize_base_url,
+    parse_retry_after,
+)
 
 MESSAGES = [{"role": "system", "content": "You move boxes."}, {"role": "user", "content": "Which move?"}]
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
@@ -62,10 +69,11 @@ def test_a_healthy_server_gives_text_usage_and_finish_reason():
 
 
 def test_transient_failures_are_retried_until_success():
-    with FaultyServer(schedule=["429", "500", "drop"]) as server:
-        [generation] = generate(make_policy(server))
+    faults = ["429", "500", "408", "drop", "bad_json", "malformed", "truncated", "bad_gzip"]
+    with FaultyServer(schedule=faults) as server:
+        [generation] = generate(make_policy(server, retry=RetryPolicy(len(faults), 0.01, 0.05)))
     assert generation.text == 'Actions: ["Up"]'
-    assert server.outcomes == ["429", "500", "drop", "ok"]
+    assert server.outcomes == [*faults, "ok"]
 
 
 @pytest.mark.parametrize(
@@ -73,17 +81,143 @@ def test_transient_failures_are_retried_until_success():
     [
         ("429", "http_429"),
         ("500", "http_5xx"),
+        ("408", "timeout"),
         ("drop", "connection"),
+        ("truncated", "connection"),
         ("hang", "timeout"),
         ("bad_json", "bad_response"),
+        ("malformed", "bad_response"),
+        ("bad_gzip", "bad_response"),
     ],
 )
 def test_the_error_kind_after_the_last_retry(fault, kind):
     with FaultyServer(schedule=[fault] * 3, hang_s=5.0) as server:
         error = failure_of(make_policy(server, retry=RetryPolicy(2, 0.01), timeout_s=0.3))
-    assert error.kind == kind
-    assert len(server.log) == (1 if fault == "bad_json" else 3), "a broken answer is not retried"
+    assert error.kind == kind and kind in TRANSIENT_ERROR_KINDS
+    assert len(server.log) == 3 and "3 attempts" in str(error)
     assert "policy 'test'" in str(error) and server.base_url in str(error)
+
+
+NOT_A_COMPLETION = [
+    b"{this is not json",
+    b"",
+    b'{"choices": [{"message": {"content": "cut off',
+    ["a", "list"],
+    {},
+    {"object": "chat.completion", "choices": []},
+    {"choices": "none"},
+    {"choices": [None]},
+    {"choices": [{"finish_reason": "stop"}]},
+    {"choices": [{"message": "just a string"}]},
+    {"choices": [{"message": {"role": "assistant", "content": 5}}]},
+    {"choices": [{"message": {"role": "assistant", "content": ["parts"]}}]},
+]
+
+
+@pytest.mark.parametrize("body", NOT_A_COMPLETION, ids=[str(body)[:40] for body in NOT_A_COMPLETION])
+def test_a_200_that_is_not_a_completion_is_retried_like_a_5xx(body):
+    with FaultyServer(schedule=["malformed"] * 2, malformed_body=body) as server:
+        [generation] = generate(make_policy(server))
+    assert generation.text == 'Actions: ["Up"]' and generation.completion_tokens == 2
+    assert server.outcomes == ["malformed", "malformed", "ok"]
+
+
+def test_a_200_that_is_not_a_completion_without_retries_is_a_bad_response():
+    with FaultyServer(schedule=["malformed"]) as server:
+        error = failure_of(make_policy(server, retry=RetryPolicy(max_retries=0)))
+    assert error.kind == "bad_response" and len(server.log) == 1
+    assert "no choices" in str(error) and "1 attempt" in str(error)
+
+
+@pytest.mark.slow  # loads transformers for the tokenizer
+def test_a_completions_answer_without_text_is_retried():
+    from pettingllms.tiny_model import tiny_model_path
+
+    body = {"object": "text_completion", "choices": [{"index": 0, "text": None, "finish_reason": "stop"}]}
+    with FaultyServer(schedule=["malformed"], malformed_body=body) as server:
+        [generation] = generate(make_policy(server, mode="completions", tokenizer_path=str(tiny_model_path())))
+    assert generation.text == 'Actions: ["Up"]' and server.outcomes == ["malformed", "ok"]
+
+
+@pytest.mark.parametrize(
+    ("error_body", "kind", "retried"),
+    [
+        ({"error": {"code": 502, "message": "Upstream model is down"}}, "http_5xx", True),
+        ({"error": {"message": "The server is overloaded", "type": "server_error", "code": None}}, "http_5xx", True),
+        ({"error": "Upstream model is down"}, "http_5xx", True),
+        ({"error": {"code": 429, "message": "Rate limit exceeded upstream"}}, "http_429", True),
+        ({"error": {"code": "400", "message": "prompt is too long for this model"}}, "http_4xx", False),
+        ({"error": {"code": "²", "message": "Upstream model is down"}}, "http_5xx", True),
+        (
+            {"choices": [{"message": {"content": "cut"}, "finish_reason": "error", "error": {"code": 502}}]},
+            "http_5xx",
+            True,
+        ),
+    ],
+)
+def test_an_error_inside_a_200_is_classified_by_its_code(error_body, kind, retried):
+    with FaultyServer(schedule=["malformed"] * 2, malformed_body=error_body) as server:
+        error = failure_of(make_policy(server, retry=RetryPolicy(1, 0.01)))
+    assert error.kind == kind and (kind in TRANSIENT_ERROR_KINDS) == retried
+    assert len(server.log) == (2 if retried else 1) and ("not retried" in str(error)) != retried
+    assert "HTTP 200 with an error" in str(error)
+    if not retried:
+        assert "prompt is too long for this model" in str(error)
+
+
+def test_a_null_content_is_an_empty_reply():
+    with FaultyServer(reply=None) as server:
+        [generation] = generate(make_policy(server))
+    assert generation.text == "" and generation.finish_reason == "stop" and len(server.log) == 1
+
+
+def test_a_refusal_is_the_reply():
+    with FaultyServer(reply=None, message_extra={"refusal": "I can't help with that."}) as server:
+        [generation] = generate(make_policy(server))
+    assert generation.text == "I can't help with that."
+
+
+def test_a_reply_turned_into_tool_calls_is_an_error_not_an_empty_reply():
+    tool_calls = [{"id": "call_0", "type": "function", "function": {"name": "move", "arguments": '{"to": "Up"}'}}]
+    with FaultyServer(reply=None, message_extra={"tool_calls": tool_calls}) as server:
+        error = failure_of(make_policy(server))
+    assert error.kind == "tool_call_reply" and error.kind not in TRANSIENT_ERROR_KINDS
+    assert "tool calls" in str(error) and "not retried" in str(error) and len(server.log) == 1
+
+
+@pytest.mark.parametrize(
+    ("usage", "tokens"),
+    [
+        (ABSENT, (0, 0)),
+        (None, (0, 0)),
+        ([], (0, 0)),
+        ("12 tokens", (0, 0)),
+        ({"prompt_tokens": "7", "completion_tokens": None}, (7, 0)),
+        ({"prompt_tokens": -3, "completion_tokens": 2.0}, (0, 2)),
+        ({"prompt_tokens": True, "completion_tokens": 2.5}, (0, 0)),
+        ({"prompt_tokens": "²", "completion_tokens": "3"}, (0, 3)),
+        ({"prompt_tokens": float("inf"), "completion_tokens": {"n": 1}}, (0, 0)),
+    ],
+)
+def test_a_missing_or_malformed_usage_never_costs_the_reply(usage, tokens):
+    with FaultyServer(usage=usage) as server:
+        [generation] = generate(make_policy(server))
+    assert generation.text == 'Actions: ["Up"]' and len(server.log) == 1
+    assert (generation.prompt_tokens, generation.completion_tokens) == tokens
+
+
+def test_a_redirect_is_not_retried_and_names_where_it_points():
+    with FaultyServer(schedule=["308"]) as server:
+        error = failure_of(make_policy(server))
+    assert error.kind == "http_3xx" and error.kind not in TRANSIENT_ERROR_KINDS and len(server.log) == 1
+    assert "https://elsewhere.example/v1/chat/completions" in str(error) and "policy.base_url" in str(error)
+
+
+def test_a_models_listing_that_is_not_a_list_is_retried():
+    with FaultyServer(schedule=["malformed"], malformed_body={"data": "served-model"}, model="served-model") as server:
+        [generation] = generate(make_policy(server, model=None))
+    assert generation.text == 'Actions: ["Up"]'
+    assert [entry["path"] for entry in server.log] == ["/v1/models", "/v1/models", "/v1/chat/completions"]
 
 
 def test_a_400_is_not_retried_and_its_text_is_kept():
@@ -233,6 +367,10 @@ def test_settings_that_cannot_work_are_config_errors():
         OpenAIPolicy("p", ["http://127.0.0.1:1/v1"], mode="chatty")
     with pytest.raises(ConfigError, match="completions mode .* needs the model's tokenizer"):
         OpenAIPolicy("p", ["http://127.0.0.1:1/v1"], mode="completions")
+    with pytest.raises(ConfigError, match="'localhost:8000' is not an http.s. URL: write http://localhost:8000/v1"):
+        OpenAIPolicy("p", ["localhost:8000"])
+    with pytest.raises(ConfigError, match="'http://127.0.0.1:port/v1' is not an http.s. URL"):
+        OpenAIPolicy("p", ["http://127.0.0.1:8000/v1", "http://127.0.0.1:port/v1"])
 
 
 def test_base_urls_and_retry_after_are_read_as_servers_write_them():
@@ -281,8 +419,36 @@ def test_a_collection_against_a_flaky_server_accounts_for_every_episode(tmp_path
     assert stats["total_episodes"] == 20
     failed = Counter(episode["error"]["kind"] for episode in episodes if episode["error"])
     assert stats["errors"] == dict(failed)
-    assert set(failed) <= {"http_429", "http_5xx", "timeout", "connection"}
+    assert set(failed) <= TRANSIENT_ERROR_KINDS
     assert 0 < sum(failed.values()) < 20, "a 30% failure rate with one retry must cost some episodes, not all"
     assert set(server.outcomes) >= {"ok", "429", "500", "hang", "drop"}
     for episode in episodes:
         assert episode["error"] is not None or episode["terminated"] or episode["truncated"]
+
+
+@pytest.mark.slow
+def test_a_server_failing_30_percent_of_requests_costs_no_episode_with_6_retries(tmp_path):
+    faults = ("429", "500", "hang", "malformed")
+    with FaultyServer(failure_rate=0.3, faults=faults, seed=1, retry_after="0.2", hang_s=10.0) as server:
+        result = collect(
+            load_config(
+                [
+                    "env.name=sokoban",
+                    "env.max_turns=1",
+                    "policy=openai",
+                    f"policy.base_url={server.base_url}",
+                    "policy.model=faulty-model",
+                    "policy.timeout_s=0.5",
+                    "policy.max_retries=6",
+                    "training.sft_num_episodes=100",
+                    "training.only_success=false",
+                    f"training.sft_data_dir={tmp_path}",
+                    "training.run_name=defect",
+                ]
+            )
+        )
+    episodes = read_jsonl(result.files.rollouts)
+    failed = Counter(episode["error"]["kind"] for episode in episodes if episode["error"])
+    assert len(episodes) == 100 and Counter(server.outcomes)["malformed"] > 5
+    # Each request fails with chance 0.3; losing an episode takes 7 failures in a row (p = 2e-4).
+    assert "bad_response" not in failed and sum(failed.values()) <= 1, failed

@@ -18,11 +18,14 @@ Two ways to ask for a reply:
 A long collection must survive a flaky server, so requests are bounded (`max_concurrency`
 in flight), time-limited (connect and read timeouts, plus a whole-attempt deadline so a
 server that trickles bytes cannot stall a run), and retried with exponential backoff and
-jitter on 429, 5xx, timeouts and connection errors (a server's `Retry-After` is honoured,
-up to a cap). When the retries run out the request raises `PolicyError(kind, message)`;
-the runner records that episode as an error of that kind and goes on. Other 4xx answers
-are the caller's mistake, and a 200 that is not an OpenAI answer would only come again, so
-neither is retried.
+jitter on 429, 408, 5xx, timeouts, connection errors (a body cut off included) and answers
+that are not a completion: invalid JSON, no choices or no text, or a 200 that carries an
+`error` object (a server on a bad day sends all of these; a server's `Retry-After` is
+honoured, up to a cap). When the retries run out the request raises
+`PolicyError(kind, message)`; the runner records that episode as an error of that kind and
+goes on. Other 4xx answers are the caller's mistake, a redirect means a wrong base URL, and
+a reply the server turned into tool calls has lost its text: none of these is retried.
+`TRANSIENT_ERROR_KINDS` says which kinds are worth running again later.
 
 The API key is read from the environment variable named by `api_key_env` and only ever
 goes into the Authorization header; without the variable no header is sent, which local
@@ -39,10 +42,10 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -54,10 +57,25 @@ if TYPE_CHECKING:
     from pettingllms.config import PolicyConfig
 
 logger = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 MODES = ("chat", "completions")
 BALANCES = ("least_in_flight", "round_robin")
 ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
+# Every `PolicyError.kind` this backend raises is one of these 5 transient kinds or 3 permanent ones.
+# Transient: the infrastructure failed, and the same episode may well succeed when run again later.
+#   timeout       no answer within the timeouts, or HTTP 408
+#   connection    refused, reset, or dropped before the whole body came
+#   http_429      rate limited (also a 200 whose `error` says code 429)
+#   http_5xx      the server failed (also a 200 whose `error` has no 4xx code)
+#   bad_response  a 200 that is not a completion: invalid JSON or encoding, no choices, no text, wrong types
+# Permanent: the same request would fail the same way; fix the request, the config or the server first.
+#   http_4xx         the request was refused (400 bad request, 401/403 key, 404 model...; also a 200 whose
+#                    `error` says so)
+#   http_3xx         the server redirects: the base URL is wrong
+#   tool_call_reply  the server's tool-call parser took the reply's text; start it without one
+TRANSIENT_ERROR_KINDS: frozenset[str] = frozenset({"timeout", "connection", "http_429", "http_5xx", "bad_response"})
+"""The PolicyError kinds worth running the episode again for (see the comment above)."""
 ERROR_TEXT_LIMIT = 500
 """Characters of a server's error body kept in a PolicyError message."""
 
@@ -220,12 +238,9 @@ class OpenAIPolicy(Policy):
         self._bind_to_running_loop()
         model = await self.model_name()
         body, prompt_text = self.build_body(request, model)
+        read = functools.partial(parse_generation, mode=self.mode, prompt_text=prompt_text)
         async with self._semaphore:
-            payload = await self.send_with_retries("POST", ENDPOINTS[self.mode], body)
-        try:
-            return parse_generation(payload, self.mode, prompt_text)
-        except AttemptFailed as error:
-            raise PolicyError(error.kind, str(error)) from None
+            return await self.send_with_retries("POST", ENDPOINTS[self.mode], body, read)
 
     def build_body(self, request: GenerationRequest, model: str) -> tuple[dict[str, Any], str | None]:
         """The request body for `request`, and the prompt text when it was rendered here."""
@@ -261,24 +276,30 @@ class OpenAIPolicy(Policy):
         self._bind_to_running_loop()
         async with self._model_lock:
             if self.model is None:
-                payload = await self.send_with_retries("GET", "/models")
-                listed = [entry.get("id") for entry in payload.get("data") or [] if isinstance(entry, dict)]
-                if not listed or not listed[0]:
+                model = await self.send_with_retries("GET", "/models", None, first_listed_model)
+                if model is None:
                     raise ConfigError(
                         f"policy '{self.name}': the server lists no models at /v1/models "
                         "(transformers serve lists only its Hub cache); set policy.model=NAME."
                     )
-                self.model = listed[0]
+                self.model = model
         return self.model
 
-    async def send_with_retries(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One request, retried on transient failures; the answer's JSON, or PolicyError."""
+    async def send_with_retries(
+        self, method: str, path: str, body: dict[str, Any] | None, read: Callable[[dict[str, Any]], Result]
+    ) -> Result:
+        """One request, retried on transient failures; what `read` makes of the answer's JSON, or PolicyError.
+
+        `read` raises AttemptFailed when the answer is not what was asked for; that is a failed
+        attempt like any other, so a server that sends a broken answer now and then costs a
+        retry, not the episode.
+        """
         self._bind_to_running_loop()
         failed_url = None
         for attempt in range(self.retry.max_retries + 1):
             with self.pool.use(avoid=failed_url) as base_url:
                 try:
-                    return await self.send_once(method, base_url + path, body)
+                    return read(await self.send_once(method, base_url + path, body))
                 except AttemptFailed as error:
                     failure, failed_url = error, base_url
             if not failure.retryable or attempt == self.retry.max_retries:
@@ -287,7 +308,7 @@ class OpenAIPolicy(Policy):
             logger.debug("%s %s failed (%s); retry %d in %.2fs", method, path, failure, attempt + 1, delay)
             await asyncio.sleep(delay)
         tries = f"{attempt + 1} attempt{'s' if attempt else ''}" if failure.retryable else "not retried"
-        raise PolicyError(failure.kind, f"policy '{self.name}': {failure} ({tries})")
+        raise PolicyError(failure.kind, f"policy '{self.name}': {method} {failed_url}{path}: {failure} ({tries})")
 
     async def send_once(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """One HTTP exchange; its JSON answer, or AttemptFailed saying what went wrong."""
@@ -297,12 +318,14 @@ class OpenAIPolicy(Policy):
         except (httpx.TimeoutException, TimeoutError) as error:
             raise AttemptFailed(
                 "timeout",
-                f"{method} {url} timed out ({type(error).__name__}; "
-                f"connect {self.connect_timeout_s}s, read {self.timeout_s}s)",
+                f"timed out ({type(error).__name__}; connect {self.connect_timeout_s}s, read {self.timeout_s}s)",
                 True,
             ) from None
         except httpx.TransportError as error:
-            raise AttemptFailed("connection", f"{method} {url} failed: {type(error).__name__}: {error}", True) from None
+            # A body cut off before its Content-Length is a RemoteProtocolError: the connection dropped.
+            raise AttemptFailed("connection", f"{type(error).__name__}: {error}", True) from None
+        except httpx.DecodingError as error:
+            raise AttemptFailed("bad_response", f"the answer's body does not decode: {error}", True) from None
         return read_answer(response, self._missing_key_hint())
 
     def _missing_key_hint(self) -> str:
@@ -360,6 +383,21 @@ def check_settings(
         raise ConfigError(f"{where}: max_concurrency={max_concurrency} is invalid; expected an integer > 0.")
     if retry.max_retries < 0:
         raise ConfigError(f"{where}: max_retries={retry.max_retries} is invalid; expected an integer >= 0.")
+    for url in base_urls:
+        if not is_http_url(url):
+            # Else httpx refuses it on every request, and every episode ends as an error.
+            example = normalize_base_url(f"http://{url.strip()}") if "://" not in url else "http://HOST:PORT/v1"
+            raise ConfigError(f"{where}: base_url {url!r} is not an http(s) URL: write {example}.")
+
+
+def is_http_url(url: str) -> bool:
+    """Whether `url` is http(s)://HOST[:PORT][/PATH] with a port that is a number in range."""
+    parts = urlsplit(url.strip())
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 @functools.cache
@@ -399,32 +437,50 @@ def load_chat_tokenizer(policy_name: str, path: str | None):
 
 
 def read_answer(response: httpx.Response, unauthorized_hint: str = "") -> dict[str, Any]:
-    """The JSON of a successful answer; AttemptFailed (retryable or not) for anything else."""
-    status, url = response.status_code, response.request.url
-    if status == 429 or status >= 500:
-        kind = "http_429" if status == 429 else "http_5xx"
+    """The JSON object of a successful answer; AttemptFailed (retryable or not) for anything else."""
+    status = response.status_code
+    if 300 <= status < 400:
+        where = response.headers.get("location", "an address it does not give")
         raise AttemptFailed(
-            kind,
-            f"HTTP {status} from {url}: {error_text(response)}",
-            True,
-            parse_retry_after(response.headers.get("retry-after")),
+            "http_3xx", f"HTTP {status}: the server redirects to {where}; set policy.base_url to where it points", False
         )
     if status >= 400:
         hint = unauthorized_hint if status in (401, 403) else ""
-        raise AttemptFailed("http_4xx", f"HTTP {status} from {url}: {error_text(response)}{hint}", False)
-    if status != 200:
-        raise AttemptFailed("bad_response", f"HTTP {status} from {url}: expected 200", False)
+        retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+        raise failure_for_status(status, f"HTTP {status}: {error_text(response)}{hint}", retry_after_s)
     try:
         payload = response.json()
-    except ValueError:
-        raise AttemptFailed(
-            "bad_response", f"{url} answered with invalid JSON: {response.text[:200]!r}", False
-        ) from None
+    except ValueError:  # UnicodeDecodeError included
+        raise AttemptFailed("bad_response", f"HTTP {status} with invalid JSON: {response.text[:200]!r}", True) from None
     if not isinstance(payload, dict):
-        raise AttemptFailed(
-            "bad_response", f"{url} answered with a JSON {type(payload).__name__}, expected an object", False
-        )
+        raise AttemptFailed("bad_response", f"HTTP {status} with a JSON {type(payload).__name__}, not an object", True)
+    if payload.get("error"):
+        raise failure_in_answer(payload["error"])
     return payload
+
+
+def failure_for_status(status: int, message: str, retry_after_s: float | None = None) -> AttemptFailed:
+    """What an HTTP error status means: 429, 408 and 5xx are a server's bad moment; other 4xx, the request's fault."""
+    if status == 429:
+        return AttemptFailed("http_429", message, True, retry_after_s)
+    if status == 408:
+        return AttemptFailed("timeout", message, True, retry_after_s)
+    if status >= 500:
+        return AttemptFailed("http_5xx", message, True, retry_after_s)
+    return AttemptFailed("http_4xx", message, False)
+
+
+def failure_in_answer(error: Any) -> AttemptFailed:
+    """A 200 that says it failed: OpenRouter answers so once a model has started, with the status as `error.code`.
+
+    A code that is an HTTP error status decides as that status would; without one it is the
+    server's failure, and retried.
+    """
+    code = error.get("code") if isinstance(error, dict) else None
+    status = int(code) if str(code).isdecimal() and 400 <= int(code) < 600 else 500
+    text = error.get("message") if isinstance(error, dict) else None
+    label = f" (code {code})" if code is not None else ""
+    return failure_for_status(status, f"HTTP 200 with an error{label}: {str(text or error)[:ERROR_TEXT_LIMIT]}")
 
 
 def error_text(response: httpx.Response) -> str:
@@ -459,26 +515,32 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def parse_generation(payload: dict[str, Any], mode: str, prompt_text: str | None) -> Generation:
-    """The Generation in a chat or completions answer; AttemptFailed("bad_response") when it has none."""
+    """The Generation in a chat or completions answer; AttemptFailed when the answer holds none."""
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise AttemptFailed("bad_response", f"answer has no choices: {str(payload)[:200]}", False)
+        raise AttemptFailed("bad_response", f"HTTP 200 with no choices: {str(payload)[:200]}", True)
     choice = choices[0]
+    if choice.get("error") or choice.get("finish_reason") == "error":  # OpenRouter: the model failed midway
+        raise failure_in_answer(choice.get("error") or "the reply ended with finish_reason 'error'")
     text = choice.get("text") if mode == "completions" else chat_reply_text(choice.get("message"))
     if not isinstance(text, str):
-        raise AttemptFailed("bad_response", f"answer has no reply text: {str(choice)[:200]}", False)
-    usage = payload.get("usage") or {}
+        raise AttemptFailed("bad_response", f"HTTP 200 with no reply text: {str(choice)[:200]}", True)
+    finish_reason = choice.get("finish_reason")
     return Generation(
         text=text,
         prompt_text=prompt_text,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=token_count(payload.get("usage"), "prompt_tokens"),
+        completion_tokens=token_count(payload.get("usage"), "completion_tokens"),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
     )
 
 
 def chat_reply_text(message: Any) -> str | None:
-    """The assistant's text in a chat answer.
+    """The assistant's text in a chat answer; None when the message has none of the right type.
+
+    `content` is null for an empty reply (some servers), for a refusal (whose text is then the
+    reply) and for tool calls. A reply parsed into tool calls has lost its text, even when some
+    of it is left in `content`: that is AttemptFailed("tool_call_reply"), not an empty reply.
 
     A server started with a reasoning parser (vLLM `--reasoning-parser`, SGLang) moves the
     thinking out of `content` into `reasoning_content` (or `reasoning`); it is put back in
@@ -487,11 +549,54 @@ def chat_reply_text(message: Any) -> str | None:
     """
     if not isinstance(message, dict):
         return None
-    content = message.get("content") or ""
+    if message.get("tool_calls") or message.get("function_call"):
+        raise AttemptFailed(
+            "tool_call_reply",
+            "HTTP 200 with tool calls instead of the reply's text: the server parses tool calls out of replies; "
+            "start it without a tool-call parser (vLLM: without --enable-auto-tool-choice)",
+            False,
+        )
+    content = message.get("content")
+    if content is None:
+        refusal = message.get("refusal")
+        content = refusal if isinstance(refusal, str) else ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if not isinstance(content, str) or (reasoning and not isinstance(reasoning, str)):
+        return None
     if reasoning:
         return f"<think>\n{reasoning}\n</think>\n\n{content}"
     return content
 
 
-__all__ = ["OpenAIPolicy", "RetryPolicy", "ServerPool", "normalize_base_url", "parse_retry_after"]
+def token_count(usage: Any, key: str) -> int:
+    """A count from the answer's `usage` block; 0 when the block or the count is missing or not a count.
+
+    Usage is bookkeeping: a server that leaves it out or garbles it has still given the reply.
+    """
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
+
+
+def first_listed_model(payload: dict[str, Any]) -> str | None:
+    """The first model id in a `/v1/models` answer; None when the list is empty; AttemptFailed when there is none."""
+    listed = payload.get("data")
+    if not isinstance(listed, list):
+        raise AttemptFailed("bad_response", f"HTTP 200 with no model list: {str(payload)[:200]}", True)
+    ids = [entry.get("id") for entry in listed if isinstance(entry, dict)]
+    return next((model for model in ids if isinstance(model, str) and model), None)
+
+
+__all__ = [
+    "TRANSIENT_ERROR_KINDS",
+    "OpenAIPolicy",
+    "RetryPolicy",
+    "ServerPool",
+    "normalize_base_url",
+    "parse_retry_after",
+]
