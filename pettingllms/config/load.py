@@ -23,7 +23,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pettingllms.config.schema import Config
+from pettingllms.config.schema import STATEFUL_BENCHMARKS, STATEFUL_ENV, Config
 from pettingllms.exceptions import ConfigError
 
 
@@ -47,6 +47,11 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     preset_layer = OmegaConf.merge(OmegaConf.create(), *(_read_yaml(Path(preset)) for preset in presets))
     env_name = groups.get("env") or _dotted_value(dotted, "env.name") or OmegaConf.select(preset_layer, "env.name")
     env_name = env_name or Config().env.name
+    if env_name == STATEFUL_ENV:
+        benchmark = _dotted_value(dotted, "env.benchmark") or OmegaConf.select(preset_layer, "env.benchmark")
+        if benchmark not in STATEFUL_BENCHMARKS:
+            raise ConfigError(f"env.name={STATEFUL_ENV} needs env.benchmark={{{','.join(STATEFUL_BENCHMARKS)}}}.")
+        env_name = benchmark
     env_file = CONFIG_DIR / "env" / f"{env_name}.yaml"
     if env_file.exists():
         layers.append(_read_yaml(env_file))
@@ -62,6 +67,12 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
         raise ConfigError(f"{key}: {_first_line(error)}" if key else _first_line(error)) from None
+    if config.env.name == STATEFUL_ENV:  # an alias: the run is the benchmark's env, with its YAML
+        config.env.name = config.env.benchmark
+    if config.env.imports:
+        from pettingllms.envs import import_env_modules
+
+        import_env_modules(config.env.imports)
     return config
 
 
@@ -75,6 +86,8 @@ def _split_overrides(overrides) -> tuple[list[str], dict[str, str], list[str]]:
             presets.append(value)
         elif key in GROUPS:
             groups[key] = value
+        elif key == "env.import":  # `import` is a Python keyword, so the field is `imports`
+            dotted.append(f"env.imports=[{value}]" if not value.startswith("[") else f"env.imports={value}")
         else:
             dotted.append(item)
     return presets, groups, dotted
@@ -163,6 +176,10 @@ def _read_yaml(path: Path):
         raise ConfigError(f"Cannot read {path}: {_first_line(error)}") from None
     if not isinstance(content, DictConfig):
         raise ConfigError(f"{path} must hold a mapping of settings (env:, policy:, training: ...).")
+    environment = content.get("env")
+    if isinstance(environment, DictConfig) and "import" in environment:  # the YAML spelling of env.imports
+        value = environment.pop("import")
+        environment["imports"] = [value] if isinstance(value, str) else value
     return content
 
 

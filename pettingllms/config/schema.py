@@ -15,6 +15,10 @@ from typing import Any
 from pettingllms.config.sft import SFTSettings, require
 
 BACKENDS = ("hf", "openai", "expert")
+STATEFUL_ENV = "stateful_env"
+STATEFUL_BENCHMARKS = ("sokoban", "plan_path", "sudoku")
+"""`env.name=stateful_env env.benchmark=B` (the seed scripts' words) is env B itself."""
+STATEFUL_CHOICES = "'sokoban', 'plan_path' or 'sudoku'"
 MAX_EPISODES = 10_000_000
 """The most episodes one run may plan (episode ids and the ledger stay manageable)."""
 
@@ -36,8 +40,16 @@ class EnvConfig:
     shuffle: bool = _help("Walk the dataset in a seeded random order instead of file order.", False)
     split: str = _help("'train' or 'test': the two use seed ranges that never overlap.", "train")
     kwargs: dict[str, Any] = _help("Other constructor arguments of the env, e.g. env.kwargs.num_boxes=2.", factory=dict)
+    imports: list[str] = _help(
+        "Python modules that register your own environments, imported before the env is looked up; "
+        "written env.import=my_pkg.my_envs (several: a list, or commas).",
+        factory=list,
+    )
+    benchmark: str | None = _help("With env.name=stateful_env: the planning game, 'sokoban', 'plan_path' or 'sudoku'.")
 
     def check(self, key: str = "env") -> None:
+        if self.benchmark is not None:
+            require(self.benchmark in STATEFUL_BENCHMARKS, f"{key}.benchmark", self.benchmark, STATEFUL_CHOICES)
         require(self.split in ("train", "test"), f"{key}.split", self.split, "'train' or 'test'")
         require(self.max_turns is None or self.max_turns > 0, f"{key}.max_turns", self.max_turns, "an integer > 0")
 
