@@ -73,7 +73,8 @@ def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> None:
 
 
 class JsonlAppender:
-    """Appends rows to a JSONL file, flushed after each write and fsynced every `sync_every` rows."""
+    """Appends rows to a JSONL file, flushed after each write and fsynced every `sync_every` rows
+    (0: only when `sync` is called)."""
 
     def __init__(self, path: Path | str, sync_every: int = 16, mode: str = "a"):
         self.path = Path(path)
@@ -85,7 +86,7 @@ class JsonlAppender:
     def write(self, row: Any) -> None:
         self._writer.write(row)
         self.unsynced += 1
-        if self.unsynced >= self.sync_every:
+        if self.sync_every and self.unsynced >= self.sync_every:
             self.sync()
 
     def write_all(self, rows: Iterable[Any]) -> None:

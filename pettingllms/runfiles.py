@@ -37,8 +37,8 @@ def check_run_name(name: str, key: str = "training.run_name") -> None:
     """Raise ConfigError unless `name` can name a run's files and be found again without globbing."""
     if not name or name in (".", "..") or name.startswith("-") or _UNSAFE_NAME.search(name):
         raise ConfigError(
-            f"{key}={name!r} is invalid; expected a plain name of letters, digits and '._-' "
-            "(no path separators, glob characters [*?] or newlines)."
+            f"{key}={name!r} is invalid; expected a name without path separators, glob characters "
+            "(*?[]), control characters such as newlines, or a leading '-'."
         )
 
 

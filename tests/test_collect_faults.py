@@ -17,7 +17,7 @@ from servers import FaultyServer, free_port
 
 from pettingllms.collect import EpisodePlan, collect
 from pettingllms.config import load_config
-from pettingllms.exceptions import ConfigError, DataError
+from pettingllms.exceptions import ConfigError, DataError, ResumeMismatchError
 from pettingllms.runfiles import RunFiles, read_ledger
 from pettingllms.stats import stats_for_file
 
@@ -218,3 +218,56 @@ def test_a_resume_plays_again_the_episodes_a_down_server_cost(tmp_path, retry):
     episodes = read_ledger(RunFiles(tmp_path, "srv").rollouts)
     assert len(episodes) == 4 and all((episode["error"] is None) == retry for episode in episodes)
     assert os.path.getsize(RunFiles(tmp_path, "srv").records) > 0 or not retry
+
+
+def test_a_power_cut_leaving_several_episodes_of_records_ahead_is_repaired(small_run):
+    """Records are fsynced before the ledger, every few episodes: a power cut can leave a tail of them ahead."""
+    ledger = small_run.rollouts.read_bytes().splitlines(keepends=True)
+    small_run.rollouts.write_bytes(b"".join(ledger[:3]))
+    config = load_config([*SOKOBAN, f"training.sft_data_dir={small_run.directory}", "training.run_name=ref"])
+    config.training.sft_num_episodes = 6
+    assert collect(config).stats["total_episodes"] == 6
+
+
+def test_records_unknown_to_the_ledger_before_known_ones_are_refused(small_run):
+    """Our writes only ever put unknown records at the end; unknown ones first mean another file."""
+    lines = small_run.records.read_text().splitlines()
+    stranger = json.loads(lines[0])
+    stranger["metadata"]["episode_id"] = "someone-else-0"
+    small_run.records.write_text("\n".join([json.dumps(stranger), *lines]) + "\n")
+    config = load_config([*SOKOBAN, f"training.sft_data_dir={small_run.directory}", "training.run_name=ref"])
+    config.training.sft_num_episodes = 6
+    with pytest.raises(DataError, match="does not account for"):
+        collect(config)
+
+
+def test_a_refused_start_leaves_no_empty_run_behind(tmp_path):
+    (tmp_path / "sft_data_solo.jsonl").write_text('{"messages": [], "metadata": {"episode_id": "x"}}\n')
+    config = load_config([*SOKOBAN, f"training.sft_data_dir={tmp_path}", "training.run_name=solo"])
+    with pytest.raises(DataError):
+        collect(config)
+    assert not (tmp_path / "rollouts_solo.jsonl").exists()
+
+
+def test_resume_compares_sampling_but_not_default_spellings(small_run):
+    base = [*SOKOBAN, f"training.sft_data_dir={small_run.directory}", "training.run_name=ref"]
+    same = load_config([*base, "agents.tool.trainable=true"])  # the default, spelled out
+    same.training.sft_num_episodes = 6
+    assert collect(same).stats["total_episodes"] == 6
+    hotter = load_config([*base, "policy.temperature=0.5"])
+    hotter.training.sft_num_episodes = 6
+    with pytest.raises(ResumeMismatchError, match="temperature"):
+        collect(hotter)
+
+
+def test_a_run_saved_before_new_settings_existed_still_resumes(small_run):
+    saved = json.loads(small_run.config.read_text())
+    for key in ("imports", "benchmark"):
+        del saved["identity"]["env"][key]
+    for policy in saved["identity"]["policies"].values():
+        for key in ("temperature", "top_p", "max_tokens", "stop", "enable_thinking"):
+            del policy[key]
+    small_run.config.write_text(json.dumps(saved))
+    config = load_config([*SOKOBAN, f"training.sft_data_dir={small_run.directory}", "training.run_name=ref"])
+    config.training.sft_num_episodes = 7
+    assert collect(config).stats["total_episodes"] == 7

@@ -70,8 +70,8 @@ def test_unknown_key_names_it_and_suggests_the_nearest():
         ("training.sft_num_episodes=99999999999", r"expected an integer in 1\.\.10,000,000"),
         ("training.seed=-5", r"training.seed=-5 is invalid; expected an integer >= 0"),
         ("policy.timeout_s=inf", r"policy.timeout_s=inf is invalid; expected a finite number > 0"),
-        ("training.run_name=r[1]", r"no path separators, glob characters"),
-        ("training.run_name=a*", r"no path separators, glob characters"),
+        ("training.run_name=r[1]", r"without path separators, glob characters"),
+        ("training.run_name=a*", r"without path separators, glob characters"),
         (
             "training.sft_num_episodes=many",
             r"training.sft_num_episodes: Value 'many' .* could not be converted to Integer",

@@ -44,6 +44,10 @@ def collect(config: Config) -> CollectResult:
     collector = Collector(config)
     try:
         todo = collector.prepare()
+    except BaseException:
+        collector.close(discard_if_empty=True)
+        raise
+    try:
         stats: dict[str, Any] = {}
         stopped_by = run_until_signal(
             collector.run(todo),

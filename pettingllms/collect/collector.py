@@ -25,6 +25,9 @@ from pettingllms.records import CollectionStats, Episode, Record, RecordFilter
 from pettingllms.runfiles import RunFiles, default_run_name, lock_run, read_ledger, write_json_atomic
 
 STATS_EVERY_S = 5.0
+FSYNC_EVERY = 16
+"""Episodes between two fsyncs of the records and the ledger (records first, so a power cut
+leaves at most this many episodes' records ahead of the ledger, and never a ledger line ahead)."""
 TRANSIENT_ERROR_KINDS = frozenset(
     {"http_429", "http_5xx", "timeout", "connection", "bad_response", "sandbox_error", "generate_error", "closed"}
 )
@@ -55,6 +58,7 @@ class Collector:
             directory.mkdir(parents=True, exist_ok=True)
             run_name = config.training.run_name or default_run_name(directory)
             self.files = RunFiles(directory, run_name)
+            self.new_run = not self.files.rollouts.exists() or self.files.rollouts.stat().st_size == 0
             self._lock = lock_run(self.files)
         except OSError as error:
             raise DataError(
@@ -129,9 +133,13 @@ class Collector:
         except OSError as error:
             raise write_failure(self.files.config, error) from None
 
-    def close(self) -> None:
-        """Release the run's lock."""
+    def close(self, discard_if_empty: bool = False) -> None:
+        """Release the run's lock; `discard_if_empty` removes the ledger of a new run that wrote nothing
+        (a refused start must not leave an empty run behind)."""
         self._lock.close()
+        rollouts = self.files.rollouts
+        if discard_if_empty and self.new_run and rollouts.exists() and rollouts.stat().st_size == 0:
+            rollouts.unlink()
 
     def write_stats(self) -> dict[str, Any]:
         wall_time = self.previous_wall_time + time.perf_counter() - self.started
@@ -176,23 +184,33 @@ class Collector:
 def check_records_accounted(files: RunFiles, ledger_ids: set[str]) -> None:
     """Refuse to touch a records file that the run's ledger cannot account for.
 
-    Resuming rewrites the records file from the ledger. Our own writes leave at most one episode's
-    records ahead of the ledger (killed between the two writes) and only after the run's config
-    was saved; anything else (a records file copied without its rollouts file, another tool's
-    file under our name) would be lost by that rewrite.
+    Resuming rewrites the records file from the ledger. Our own writes can leave records ahead
+    of the ledger only at the end of the file (a kill or a power cut between the two writes:
+    at most the episodes of one fsync window) and only after the run's config was saved.
+    Anything else (a records file copied without its rollouts file, another tool's file under
+    our name) would be lost by that rewrite.
     """
     if not files.records.exists() or files.records.stat().st_size == 0:
         return
     complete, _ = split_torn_tail(files.records.read_bytes())
     try:
-        unknown = {
+        episode_ids = [
             (row.get("metadata") or {}).get("episode_id") if isinstance(row, dict) else None
             for row, _ in read_jsonl(files.records, data=complete)
-        } - ledger_ids
+        ]
     except DataError:
-        unknown = {None}
-    ours = files.config.exists() and len(unknown) <= 1 and None not in unknown
-    if unknown and not ours:
+        episode_ids = [None]
+    first_unknown = next((i for i, episode_id in enumerate(episode_ids) if episode_id not in ledger_ids), None)
+    if first_unknown is None:
+        return
+    tail = episode_ids[first_unknown:]
+    ours = (
+        files.config.exists()
+        and None not in tail
+        and not ledger_ids.intersection(tail)
+        and len(set(tail)) <= FSYNC_EVERY
+    )
+    if not ours:
         raise DataError(
             f"{files.records} holds records that {files.rollouts.name} does not account for (copied without "
             f"its rollouts file?); collecting run '{files.run_name}' would rewrite it. Move the file elsewhere "
@@ -206,18 +224,26 @@ class EpisodeWriter:
     def __init__(self, collector: Collector, progress: Progress):
         self.collector, self.progress = collector, progress
         files = collector.files
-        self.records = JsonlAppender(files.records)
-        self.ledger = JsonlAppender(files.rollouts)
+        # Synced together by `write`, records first: never a ledger line on disk without its records.
+        self.records = JsonlAppender(files.records, sync_every=0)
+        self.ledger = JsonlAppender(files.rollouts, sync_every=0)
+        self.unsynced = 0
         self.last_stats = time.perf_counter()
 
     def write(self, episode: Episode) -> None:
         collector = self.collector
         kept = collector.filter.keep(episode)
+        self.unsynced += 1
+        sync = self.unsynced >= FSYNC_EVERY
         for appender, rows in ((self.records, kept), (self.ledger, [episode])):
             try:
                 appender.write_all(rows)
+                if sync:
+                    appender.sync()
             except OSError as error:
                 raise write_failure(appender.path, error) from None
+        if sync:
+            self.unsynced = 0
         collector.stats.add(episode, kept, collector.token_counter.count(kept))
         if time.perf_counter() - self.last_stats > STATS_EVERY_S:
             collector.write_stats()

@@ -82,8 +82,20 @@ GUARDED_KEYS = (
     "agents",
 )
 """Settings a resumed run must share with the files it continues."""
-POLICY_IDENTITY = ("backend", "model_path", "model", "error_rate", "mode")
-"""The policy settings that change what is written; URLs, timeouts and concurrency may change."""
+POLICY_IDENTITY = (
+    "backend",
+    "model_path",
+    "model",
+    "error_rate",
+    "mode",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "enable_thinking",
+)
+"""The policy settings that change what is written; URLs, timeouts and concurrency may change.
+Runs saved before a key joined this list are compared on the keys they have."""
 
 
 def run_identity(config: Config) -> dict[str, Any]:
@@ -113,7 +125,8 @@ def check_resume(files: RunFiles, config: Config) -> None:
             f"{files.config} is damaged, so run '{files.run_name}' cannot be checked for resuming; "
             "use another training.run_name."
         )
-    current = json.loads(json.dumps(run_identity(config)))
+    current = comparable_identity(json.loads(json.dumps(run_identity(config))), saved)
+    saved = comparable_identity(saved, saved)
     differences = [
         f"{key}: files have {saved.get(key)!r}, now {current[key]!r}"
         for key in current
@@ -125,3 +138,19 @@ def check_resume(files: RunFiles, config: Config) -> None:
             + "; ".join(differences)
             + "). Use another training.run_name."
         )
+
+
+def comparable_identity(identity: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """`identity` in the form two runs are compared in: trainable agents are the default and
+    not listed, and the env and each policy keep only the keys the saved run recorded (settings
+    added later, such as `env.imports`, do not make older runs unresumable)."""
+    identity = dict(identity)
+    recorded_env = saved.get("env") if isinstance(saved.get("env"), dict) else identity.get("env") or {}
+    identity["env"] = {key: value for key, value in (identity.get("env") or {}).items() if key in recorded_env}
+    identity["agents"] = {agent: False for agent, trainable in (identity.get("agents") or {}).items() if not trainable}
+    recorded = saved.get("policies") or {}
+    identity["policies"] = {
+        name: {key: value for key, value in policy.items() if key in recorded.get(name, policy)}
+        for name, policy in (identity.get("policies") or {}).items()
+    }
+    return identity
