@@ -26,7 +26,20 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+    """The tiny model with its weights drawn wider: as built, its near-uniform logits give every
+    prompt the same greedy reply ("\\n\\n..."), and tests comparing replies could not fail."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.normal_(std=0.3, generator=generator)
+    model.save_pretrained(path)
+    return str(path)
 
 
 def ask(content: str, **sampling) -> GenerationRequest:
@@ -38,6 +51,14 @@ def loaded_policy(tiny_dir: str, **options) -> HFPolicy:
     policy = HFPolicy(model_path=tiny_dir, device="cpu", **options)
     policy.load()
     return policy
+
+
+def greedy_reference(model, tokenizer, content: str, max_tokens: int = 8) -> str:
+    """The reply transformers' own `generate` gives one prompt alone, greedy, without special tokens."""
+    messages = [{"role": "user", "content": content}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def count_generate_calls(policy: HFPolicy) -> list[int]:
@@ -59,9 +80,9 @@ async def gather_replies(policy: HFPolicy, requests: list[GenerationRequest]) ->
 
 def test_generate_returns_text_and_the_prompt_it_saw(tiny_dir):
     policy = HFPolicy(model_path=tiny_dir, device="cpu")  # loads lazily, in a thread
-    generation = asyncio.run(policy.generate(ask("Push the box.")))
+    generation = asyncio.run(policy.generate(ask("Push the box.", temperature=0)))
     expected_prompt = "<|im_start|>user\nPush the box.<|im_end|>\n<|im_start|>assistant\n"
-    assert isinstance(generation.text, str)
+    assert generation.text and generation.text == greedy_reference(policy.model, policy.tokenizer, "Push the box.")
     assert generation.prompt_text == expected_prompt
     assert generation.prompt_tokens == len(policy.tokenizer(expected_prompt)["input_ids"])
     assert 1 <= generation.completion_tokens <= 8
@@ -69,11 +90,14 @@ def test_generate_returns_text_and_the_prompt_it_saw(tiny_dir):
     asyncio.run(policy.close())
 
 
-def test_concurrent_requests_share_generate_calls(tiny_dir):
+def test_concurrent_requests_share_generate_calls_and_reply_as_one_by_one(tiny_dir):
     policy = loaded_policy(tiny_dir)
+    prompts = ["x " * n for n in range(8)]  # different lengths: the batch is left-padded
+    alone = [greedy_reference(policy.model, policy.tokenizer, prompt) for prompt in prompts]
     calls = count_generate_calls(policy)
-    replies = asyncio.run(gather_replies(policy, [ask("x " * n) for n in range(8)]))
-    assert all(isinstance(reply.text, str) for reply in replies)
+    replies = asyncio.run(gather_replies(policy, [ask(prompt, temperature=0) for prompt in prompts]))
+    assert [reply.text for reply in replies] == alone
+    assert len(set(alone)) > 4  # the replies depend on the prompt, so a mix-up would show
     assert len(calls) < 8 and sum(calls) == 8
 
 
@@ -139,7 +163,8 @@ def test_a_failed_batch_reaches_every_caller_and_the_next_batch_works(tiny_dir):
     assert all(isinstance(reply, PolicyError) and reply.kind == "generate_error" for reply in replies)
     assert "out of memory" in str(replies[0])
     policy.model.generate = real_generate
-    assert isinstance(asyncio.run(policy.generate(ask("d"))).text, str)
+    reply = asyncio.run(policy.generate(ask("d", temperature=0)))
+    assert reply.text == greedy_reference(policy.model, policy.tokenizer, "d")
 
 
 def test_missing_model_path_says_what_is_accepted(tmp_path):
@@ -173,7 +198,9 @@ def test_a_cached_hub_id_loads_from_its_snapshot_folder(tiny_dir, tmp_path, monk
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     policy = HFPolicy(model_path="tiny-org/tiny-qwen2", device="cpu")
     assert policy.model_dir == str(snapshot)
-    assert isinstance(asyncio.run(policy.generate(ask("hi", max_tokens=2))).text, str)
+    reply = asyncio.run(policy.generate(ask("hi", temperature=0)))
+    local = loaded_policy(tiny_dir)
+    assert reply.text == asyncio.run(local.generate(ask("hi", temperature=0))).text
     with pytest.raises(ModelNotFoundError, match="Hub id"):
         HFPolicy(model_path="tiny-org/not-downloaded")
 
@@ -181,7 +208,7 @@ def test_a_cached_hub_id_loads_from_its_snapshot_folder(tiny_dir, tmp_path, monk
 def test_a_lora_adapter_folder_is_loaded_on_its_base_model(tmp_path):
     """`policy.model_path=<output of pettingllms train>` collects with the fine-tuned model."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pettingllms.tiny_model import tiny_model_path
@@ -204,9 +231,33 @@ def test_a_lora_adapter_folder_is_loaded_on_its_base_model(tmp_path):
     query = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(loaded[query], dict(base.named_parameters())[query])
     assert torch.equal(loaded["model.embed_tokens.weight"], dict(base.named_parameters())["model.embed_tokens.weight"])
-    reply = asyncio.run(
-        policy.generate(
-            GenerationRequest([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4))
-        )
+    reply = asyncio.run(policy.generate(ask("hi", temperature=0)))
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(tmp_path / "adapter"))
+    assert reply.text == greedy_reference(unmerged.eval(), policy.tokenizer, "hi")
+    assert reply.prompt_text.startswith("<|im_start|>user")
+
+
+def test_an_adapter_whose_base_does_not_fit_is_refused(tmp_path):
+    """The base an adapter names may have been replaced since: the hf policy checks it as merge-lora does."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    from pettingllms.exceptions import UserError
+    from pettingllms.tiny_model import tiny_model_path
+
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path()), LoraConfig(r=4, target_modules=["q_proj"])
     )
-    assert isinstance(reply.text, str) and reply.prompt_text.startswith("<|im_start|>user")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_path()).save_pretrained(tmp_path / "adapter")
+    one_layer = AutoConfig.from_pretrained(tiny_model_path()).to_dict() | {"num_hidden_layers": 1, "layer_types": None}
+    AutoModelForCausalLM.from_config(Qwen2Config(**one_layer)).save_pretrained(tmp_path / "base")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config_file.write_text(
+        json.dumps(json.loads(config_file.read_text()) | {"base_model_name_or_path": str(tmp_path / "base")})
+    )
+
+    with pytest.raises(UserError, match="does not fit base model .*the base has no module model.layers.1.self_attn"):
+        HFPolicy(model_path=str(tmp_path / "adapter"), device="cpu").load()

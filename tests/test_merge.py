@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,12 +82,12 @@ def test_tokenizer_comes_from_the_base_when_the_adapter_has_none(tiny_model, ada
     assert (merged / "tokenizer_config.json").is_file()
 
 
-def test_refuses_a_non_empty_output_unless_overwrite(tiny_model, adapter, tmp_path):
-    output = tmp_path / "merged"
-    output.mkdir()
-    (output / "config.json").write_text("{}")  # an earlier merged model
+def test_refuses_an_earlier_merge_unless_overwrite(tiny_model, adapter, tmp_path):
+    output = merge_lora(tiny_model, str(adapter), str(tmp_path / "merged"))
     (output / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match=f"^Output folder '{output}' is not empty; pass overwrite=True"):
+    with pytest.raises(
+        UserError, match=f"^Output folder '{output}' holds an earlier pettingllms output; pass --overwrite"
+    ):
         merge_lora(tiny_model, str(adapter), str(output))
     assert (output / "notes.txt").exists()
 
@@ -94,7 +96,7 @@ def test_refuses_a_non_empty_output_unless_overwrite(tiny_model, adapter, tmp_pa
 
 
 def test_refuses_to_overwrite_the_adapter_itself(tiny_model, adapter):
-    with pytest.raises(UserError, match="holds the base model or the adapter"):
+    with pytest.raises(UserError, match=f"^Output folder '{adapter}' holds '{adapter}', an input of this command"):
         merge_lora(tiny_model, str(adapter), str(adapter), overwrite=True)
 
 
@@ -130,10 +132,62 @@ def test_training_with_merge_lora_writes_a_merged_model(tiny_model, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(summary["merged_model"]).config.model_type == "qwen2"
 
 
-def test_overwrite_replaces_a_model_folder_but_never_an_arbitrary_one(tiny_model, adapter, tmp_path):
-    precious = tmp_path / "precious"
+def test_overwrite_never_replaces_a_folder_that_is_not_ours(tiny_model, adapter, tmp_path):
+    precious, someone_elses_model = tmp_path / "precious", tmp_path / "model"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    with pytest.raises(UserError, match="holds no model .*--overwrite only replaces a model folder"):
-        merge_lora(tiny_model, str(adapter), str(precious), overwrite=True)
+    shutil.copytree(tiny_model, someone_elses_model)
+    for folder in (precious, someone_elses_model):
+        with pytest.raises(UserError, match="is not empty and holds no pettingllms output .*only replaces pettingllms"):
+            merge_lora(tiny_model, str(adapter), str(folder), overwrite=True)
     assert (precious / "thesis.tex").read_text() == "years of work"
+    assert sorted(path.name for path in someone_elses_model.iterdir()) == sorted(os.listdir(tiny_model))
+
+
+# ---------------------------------------------------------------- does the base fit the adapter?
+
+
+def save_base(tmp_path: Path, name: str, config_class_name: str = "Qwen2Config", **changes) -> str:
+    """A randomly initialised model like the tiny one, with `changes` to its config."""
+    import transformers
+
+    tiny = transformers.AutoConfig.from_pretrained(tiny_model_path())
+    values = dict(
+        vocab_size=tiny.vocab_size,
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        num_key_value_heads=tiny.num_key_value_heads,
+        tie_word_embeddings=True,
+    )
+    config = getattr(transformers, config_class_name)(**(values | changes))
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "changes", "message"),
+    [
+        # PEFT silently dropped the layer-1 weights.
+        ("Qwen2Config", {"num_hidden_layers": 1}, r"the base has no module model\.layers\.1\.\S+ \(and 6 more\)"),
+        # Same module names and shapes: only the architecture tells them apart. PEFT merged it.
+        ("LlamaConfig", {}, r"was trained on a qwen2 \(Qwen2ForCausalLM\) model; base model .* is a llama"),
+        # A traceback from PEFT.
+        ("Qwen2Config", {"hidden_size": 32}, r"model\.layers\.0\.\S+ has 32 \w+-features in the base, 64 in the"),
+    ],
+)
+def test_a_base_that_does_not_fit_the_adapter_is_refused(adapter, tmp_path, config_class, changes, message):
+    base = save_base(tmp_path, "base", config_class, **changes)
+    with pytest.raises(UserError, match=message) as error:
+        merge_lora(base, str(adapter), str(tmp_path / "merged"))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "merged").exists()  # a refused merge leaves no folder behind
+
+
+def test_a_copy_of_the_base_merges_with_a_warning(tiny_model, adapter, tmp_path, capsys):
+    copy = tmp_path / "copy_of_base"
+    shutil.copytree(tiny_model, copy)
+    merge_lora(str(copy), str(adapter), str(tmp_path / "merged"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: the adapter was trained on '{tiny_model}'; loading it on '{copy}'."]

@@ -6,19 +6,22 @@ Everything runs on CPU in a few seconds per training: a handful of records, a fe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pettingllms.exceptions import ModelNotFoundError
-from pettingllms.tiny_model import tiny_model_path
 from pettingllms.config.sft import SFTSettings
-from pettingllms.training.sft import build_datasets, build_trainer, load_model, load_tokenizer, run_training
+from pettingllms.exceptions import ModelNotFoundError, UserError
+from pettingllms.models import load_causal_lm, load_tokenizer
+from pettingllms.tiny_model import tiny_model_path
+from pettingllms.training.sft import build_datasets, build_trainer, run_training
 
 SYSTEM = "You are the planner. Reply with moves."
 
@@ -91,7 +94,7 @@ def multi_turn_record() -> dict:
 
 
 def test_loss_is_on_the_reply_and_its_end_of_turn_token_only(tmp_path, tiny_model):
-    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
     settings = quick_settings(tmp_path)
     train, _, _ = build_datasets(settings, [multi_turn_record()], [], tokenizer)
     trainer = build_trainer(settings, model, tokenizer, train)
@@ -104,7 +107,7 @@ def test_loss_is_on_the_reply_and_its_end_of_turn_token_only(tmp_path, tiny_mode
 
 def test_without_generation_markers_the_loss_still_skips_the_prompt(tmp_path, tiny_model):
     # Plain ChatML, as many real models ship it: no {% generation %} markers.
-    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
     tokenizer.chat_template = (
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -119,7 +122,7 @@ def test_without_generation_markers_the_loss_still_skips_the_prompt(tmp_path, ti
 
 
 def test_thinking_strip_removes_think_blocks_from_the_trained_tokens(tmp_path, tiny_model):
-    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
     record = {**make_record(1, reply="<think>box left of goal</think>Right"), "source": "mem:1"}
     settings = quick_settings(tmp_path, thinking="strip")
     train, _, _ = build_datasets(settings, [record], [], tokenizer)
@@ -208,7 +211,7 @@ def test_error_when_every_sample_is_too_long(tmp_path, tiny_model):
 def test_error_when_the_tokenizer_has_no_chat_template(tmp_path, tiny_model):
     from pettingllms.exceptions import UserError
 
-    model, tokenizer = load_model(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
     settings = quick_settings(tmp_path)
     train, _, _ = build_datasets(settings, [{**make_record(0), "source": "mem:1"}], [], tokenizer)
     tokenizer.chat_template = None
@@ -233,6 +236,118 @@ def test_records_are_read_before_the_model_is_loaded(tmp_path):
 
     with pytest.raises(DataError, match="No data file matches"):
         run_training(quick_settings(tmp_path / "out", model_name_or_path="/no/such/model"), [str(tmp_path / "*.jsonl")])
+
+
+# ---------------------------------------------------------------- the output folder: nothing a user has is overwritten
+
+
+def test_a_folder_that_is_not_ours_is_refused_even_with_overwrite(tmp_path):
+    # `output_dir=.` in a clone used to rewrite the project's README.md.
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "README.md").write_text("# my project")
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(0)])
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=f"^Output folder '{clone}' is not empty and holds no pettingllms output"):
+            run_training(quick_settings(clone, overwrite=overwrite), [data])
+    assert [path.name for path in clone.iterdir()] == ["README.md"]
+    assert (clone / "README.md").read_text() == "# my project"
+
+
+def test_an_earlier_training_is_replaced_only_with_overwrite(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(2)])
+    output = tmp_path / "out"
+    run_training(quick_settings(output, max_steps=1), [data])
+    (output / "notes.txt").write_text("from the first run")
+    with pytest.raises(
+        UserError, match=r"holds an earlier pettingllms output; pass training.sft_config.overwrite=true"
+    ):
+        run_training(quick_settings(output, max_steps=1), [data])
+    assert (output / "notes.txt").exists()
+
+    run_training(quick_settings(output, max_steps=1, overwrite=True), [data])
+    assert not (output / "notes.txt").exists() and (output / "adapter_model.safetensors").is_file()
+
+
+def test_a_killed_training_is_refused_until_resumed_or_overwritten(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(4)])
+    output = tmp_path / "out"
+    run_training(quick_settings(output, max_steps=2, save_steps=1), [data])
+    # What a kill after the first checkpoint leaves: the marker and checkpoint-1, nothing final.
+    for path in output.iterdir():
+        if path.name not in ("pettingllms_output.json", "checkpoint-1"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    state = (output / "checkpoint-1" / "trainer_state.json").read_bytes()
+
+    with pytest.raises(UserError) as error:
+        run_training(quick_settings(output, max_steps=2, save_steps=1), [data])
+    assert str(error.value) == (
+        f"Output folder '{output}' holds an unfinished training (last checkpoint: checkpoint-1); pass "
+        "training.sft_config.resume_from_checkpoint=last to continue it, or training.sft_config.overwrite=true "
+        "to start over."
+    )
+    assert (output / "checkpoint-1" / "trainer_state.json").read_bytes() == state
+
+    summary = run_training(quick_settings(output, max_steps=2, save_steps=1, resume_from_checkpoint="last"), [data])
+    assert summary["global_steps"] == 2
+    logged_steps = [
+        entry["step"]
+        for entry in json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+        if "loss" in entry
+    ]
+    assert logged_steps == [1, 2]  # step 1 comes from the checkpoint's own history: not trained again
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(0)])
+    (tmp_path / "out").write_text("a file")
+    # No such model: the output folder must be the first thing said, before any (slow) load.
+    settings = quick_settings(tmp_path / "out", model_name_or_path=str(tmp_path / "no_model"))
+    with pytest.raises(UserError, match=f"^Output folder '{tmp_path / 'out'}' is a file; choose a folder.$"):
+        run_training(settings, [data])
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, options: str):
+    """A small tmpfs at `folder` (root only: chmod stops no root process, a mount does)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_output_folder_is_one_line_before_the_model_loads(tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(0)])
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as folder:
+        settings = quick_settings(folder / "out", model_name_or_path=str(tmp_path / "no_model"))
+        with pytest.raises(UserError, match=f"^Cannot write to output folder '{folder / 'out'}': .*Read-only file"):
+            run_training(settings, [data])
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(2)])
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as folder:
+        with pytest.raises(UserError) as error:
+            run_training(quick_settings(folder / "out", max_steps=1), [data])
+        assert str(error.value).startswith(f"Could not write to output folder '{folder / 'out'}': ")
+        assert "\n" not in str(error.value)
+        assert list(folder.iterdir()) == []
+
+
+def test_training_an_adapter_continues_it_on_its_base(tmp_path, tiny_model):
+    # A new adapter over an adapter would be saved as an adapter of the base alone.
+    data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(2)])
+    run_training(quick_settings(tmp_path / "first", max_steps=1), [data])
+    settings = quick_settings(tmp_path / "second", max_steps=1, lora_r=8, model_name_or_path=str(tmp_path / "first"))
+    summary = run_training(settings, [data])
+
+    config = json.loads((tmp_path / "second" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model and config["r"] == 4  # the first adapter's rank
+    assert summary["model"] == str(tmp_path / "first")
 
 
 # ---------------------------------------------------------------- several processes

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pettingllms.exceptions import ConfigError, DataError
 from pettingllms.config.sft import SFTSettings
+from pettingllms.exceptions import ConfigError, DataError
 from pettingllms.training.data import (
+    answer_only,
     build_samples,
     group_by_policy,
     read_records,
@@ -148,6 +149,35 @@ def test_error_when_the_last_message_is_not_the_reply(tmp_path):
         read_records([str(path)])
 
 
+def test_error_when_the_reply_has_no_prompt_before_it(tmp_path):
+    # TRL crashed on these (IndexError in is_conversational) instead of naming the record.
+    alone = {"messages": [{"role": "assistant", "content": "Up"}]}
+    replies_only = {"messages": [{"role": "assistant", "content": "Up"}, {"role": "assistant", "content": "Left"}]}
+    path = write_jsonl(tmp_path / "data.jsonl", [make_record(0), alone])
+    with pytest.raises(DataError, match=f"^{path}:2: the reply has no prompt; put at least one system, user or tool"):
+        read_records([str(path)])
+    path = write_jsonl(tmp_path / "data.jsonl", [replies_only])
+    with pytest.raises(DataError, match=f"^{path}:1: the reply has no prompt"):
+        read_records([str(path)])
+
+
+def test_error_names_an_unknown_role_and_the_accepted_ones(tmp_path):
+    record = make_record(0)
+    record["messages"][1]["role"] = "wizard"
+    path = write_jsonl(tmp_path / "data.jsonl", [make_record(1), record])
+    with pytest.raises(DataError) as error:
+        read_records([str(path)])
+    assert str(error.value) == (
+        f"{path}:2: message 2 has role 'wizard'; expected one of system, user, assistant, tool."
+    )
+
+
+def test_tool_messages_are_accepted(tmp_path):
+    record = make_record(0)
+    record["messages"][2:2] = [{"role": "assistant", "content": "call"}, {"role": "tool", "content": "result"}]
+    assert read_records([str(write_jsonl(tmp_path / "data.jsonl", [record]))])[0]["messages"][3]["role"] == "tool"
+
+
 # ---------------------------------------------------------------- selection
 
 
@@ -234,6 +264,28 @@ def multi_turn_record() -> dict:
     }
 
 
+def test_strip_trains_on_the_answer_alone():
+    # The seed scripts' own example: `thinking=strip` yields the answer, without its tags.
+    reply = "<think>用户想了解饮食。</think><answer>请问您最近的饮食习惯如何？</answer>"
+    record = {**make_record(0), "source": "mem:1"}
+    record["messages"][-1]["content"] = reply
+    assert to_prompt_completion(record, thinking="strip")["completion"][0]["content"] == "请问您最近的饮食习惯如何？"
+    assert to_prompt_completion(record, thinking="keep")["completion"][0]["content"] == reply
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>a</think>\n<answer>\n Up Left \n</answer>", "Up Left"),
+        ("Moves: <answer>Up</answer> done", "Moves: Up done"),  # text outside the element stays
+        ("<think>a</think>Up Left", "Up Left"),  # no answer element: only the thought goes
+        ("<answer>never closed", "<answer>never closed"),
+    ],
+)
+def test_answer_only(text, expected):
+    assert answer_only(text) == expected
+
+
 def test_prompt_completion_trains_on_the_last_reply_only():
     sample = to_prompt_completion(multi_turn_record())
     assert sample["completion"] == [{"role": "assistant", "content": "<think>y</think>Left"}]
@@ -294,6 +346,14 @@ def test_unknown_setting_is_a_one_line_config_error():
     from pettingllms.training.sft import settings_from_overrides
 
     assert settings_from_overrides(["max_steps=5", "thinking=strip"]).max_steps == 5
+    assert settings_from_overrides(["training.sft_config.overwrite=true"]).overwrite is True  # as messages name it
     with pytest.raises(ConfigError, match=r"^Key 'lora_rr' not in 'SFTSettings'. Did you mean") as error:
         settings_from_overrides(["lora_rr=8"])
     assert "\n" not in str(error.value)
+
+
+def test_overwrite_and_resume_together_are_a_config_error():
+    settings = SFTSettings(overwrite=True, resume_from_checkpoint="last")
+    with pytest.raises(ConfigError, match=r"^training.sft_config.overwrite=True is invalid; expected false when"):
+        settings.check("training.sft_config")
+    SFTSettings(overwrite=True).check()

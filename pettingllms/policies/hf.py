@@ -19,13 +19,12 @@ reproducible always.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pettingllms.exceptions import ConfigError, ModelNotFoundError, PolicyError
+from pettingllms.models import find_model_dir, load_causal_lm, load_tokenizer, resolve_model
 from pettingllms.policies.base import Generation, GenerationRequest, Policy, SamplingParams
 
 # torch's random generator is one per process: two policies sampling at the same time in
@@ -34,8 +33,6 @@ from pettingllms.policies.base import Generation, GenerationRequest, Policy, Sam
 _GENERATE_LOCK = threading.Lock()
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ADAPTER_CONFIG = "adapter_config.json"
-"""A PEFT adapter folder (what `pettingllms train` writes) is loaded on its base model."""
 
 
 @dataclass(eq=False)
@@ -51,8 +48,9 @@ class HFPolicy(Policy):
 
     Args:
         name: the `policy_name` written into records.
-        model_path: a local folder with `config.json`, or a Hub id already in the local
-            cache (nothing is downloaded). None: the tiny built-in model, built on first use.
+        model_path: a local folder with `config.json`, a LoRA adapter folder (loaded on the
+            base it names, once `models.check_adapter_fits` agrees), or a Hub id already in
+            the local cache (nothing is downloaded). None: the tiny built-in model.
         device: "auto" (cuda, then mps, then cpu) or any torch device string.
         dtype: "auto" (bfloat16 on GPUs that support it, else float32) or a dtype name.
         max_batch_size: most requests in one `generate` call.
@@ -94,14 +92,14 @@ class HFPolicy(Policy):
         """Load the tokenizer and model, once. Blocking: async code gets it via a thread."""
         if self.model is not None:
             return
-        from pettingllms.tiny_model import tiny_model_path
-
-        path = self.model_dir or str(tiny_model_path())
-        tokenizer, model = load_model(path, self.device, self.dtype)
+        path = self.model_dir or resolve_model(None)
+        device = pick_device(self.device)
+        tokenizer = load_tokenizer(path)
         if tokenizer.chat_template is None:
             raise ModelNotFoundError(
                 f"Model {path!r} has no chat template; the hf policy needs a chat (instruct) model."
             )
+        model = load_causal_lm(path, dtype=pick_dtype(self.dtype, device), device=device).eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -247,68 +245,6 @@ class HFPolicy(Policy):
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def find_model_dir(model_path: str) -> str:
-    """The local folder to load `model_path` from: itself, or a cached Hub id's snapshot.
-
-    Loading a Hub id by name is not enough offline: transformers 5.23 looks for a PEFT
-    adapter_config.json on the Hub even under local_files_only (five retries, ~25 s,
-    when peft is installed), so a cached id is resolved to its snapshot folder here.
-    """
-    path = Path(model_path).expanduser()
-    if (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file():
-        return str(path)
-    snapshot = None if path.exists() else cached_hub_snapshot(model_path)
-    if snapshot is not None:
-        return snapshot
-    if path.is_dir():
-        what = "is a folder without config.json"
-    elif path.exists():
-        what = "is a file, not a model folder"
-    else:
-        what = "is neither a local folder nor a Hub id in the local cache"
-    raise ModelNotFoundError(
-        f"Model {model_path!r} {what}. pettingllms accepts a local folder with config.json "
-        "(from save_pretrained), a LoRA adapter folder (from `pettingllms train`) or a Hub id already "
-        "downloaded (`hf download ID`); nothing is downloaded."
-    )
-
-
-def cached_hub_snapshot(name: str) -> str | None:
-    """The snapshot folder of Hub repo id `name` in the local HF cache, or None."""
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        config_file = try_to_load_from_cache(name, "config.json")
-    except Exception:  # an invalid repo id is simply not cached
-        return None
-    return str(Path(config_file).parent) if isinstance(config_file, str) else None
-
-
-def load_model(path: str, device: str, dtype: str) -> tuple[Any, Any]:
-    """Load tokenizer and model from the local files only, on `device`, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    adapter = Path(path, ADAPTER_CONFIG)
-    base = find_model_dir(json.loads(adapter.read_text())["base_model_name_or_path"]) if adapter.is_file() else path
-    try:
-        has_tokenizer = Path(path, "tokenizer_config.json").is_file()
-        tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else base, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, local_files_only=True)
-        if adapter.is_file():
-            from peft import PeftModel
-
-            # Merged once at load: generation then costs what the base model costs.
-            model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelNotFoundError(f"Could not load model {path!r}: {first_line}") from error
-    return tokenizer, model.to(device).eval()
 
 
 def pick_device(device: str) -> str:

@@ -4,7 +4,9 @@
     >>> run_training(SFTSettings(output_dir="./sft_model"), ["sft_data/sft_data_*.jsonl"])
 
 `pettingllms.config.sft` holds the settings, `data` the pure record -> sample helpers, `sft` the trainer
-(also `python -m pettingllms.training.sft`, under torchrun too), `merge` the LoRA merge.
+(also `python -m pettingllms.training.sft`, under torchrun too), `merge` the LoRA merge, `outputs`
+the rule for which folders they may write. Which model to load, and loading it, is
+`pettingllms.models`.
 torch / transformers / trl are imported inside the functions that use them.
 """
 

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pettingllms.exceptions import DataError
 from pettingllms.config.sft import SFTSettings
+from pettingllms.exceptions import DataError
 
 ACCEPTED_FORMATS = (
     "'messages' (a list of {role, content}, the last one from the assistant) with optional 'metadata', "
     "or 'prompt' with 'response' or 'completion'"
 )
+ROLES = ("system", "user", "assistant", "tool")
+"""The roles chat templates know; any other is a typo that a template would render silently."""
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
 
@@ -140,11 +142,18 @@ def _as_messages(value: Any, role: str, where: str) -> list[dict[str, Any]]:
 def _check_messages(messages: Any, where: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}.")
-    for message in messages:
+    for number, message in enumerate(messages, start=1):
         if not (isinstance(message, dict) and all(isinstance(message.get(key), str) for key in ("role", "content"))):
             raise DataError(f"{where}: every message needs a string 'role' and 'content', got {message!r:.80}.")
+        if message["role"] not in ROLES:
+            raise DataError(
+                f"{where}: message {number} has role {message['role']!r:.40}; expected one of {', '.join(ROLES)}."
+            )
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's reply, got role '{messages[-1]['role']}'.")
+    # The reply is trained as the answer to a prompt; with none, TRL fails deep inside (IndexError).
+    if all(message["role"] == "assistant" for message in messages[:-1]):
+        raise DataError(f"{where}: the reply has no prompt; put at least one system, user or tool message before it.")
 
 
 # ---------------------------------------------------------------- selection
@@ -217,6 +226,7 @@ def group_by_policy(records: list[dict[str, Any]]) -> dict[str, list[dict[str, A
 # ---------------------------------------------------------------- samples
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_ANSWER_ELEMENT = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def strip_thinking(text: str) -> str:
@@ -237,14 +247,27 @@ def strip_thinking(text: str) -> str:
     return text.lstrip()
 
 
+def unwrap_answer(text: str) -> str:
+    """`text` with each `<answer>...</answer>` element replaced by its (stripped) text; the rest as written."""
+    return _ANSWER_ELEMENT.sub(lambda match: match[1].strip(), text)
+
+
+def answer_only(text: str) -> str:
+    """The reply as `thinking="strip"` trains it: no `<think>` blocks, the `<answer>` element unwrapped.
+
+    `<think>plan</think><answer>Up</answer>` becomes `Up`, the answer a user would be shown.
+    """
+    return unwrap_answer(strip_thinking(text))
+
+
 def to_prompt_completion(record: dict[str, Any], thinking: str = "keep") -> dict[str, list[dict[str, str]]]:
     """A record as TRL's conversational prompt-completion sample; the reply is the last message.
 
-    With `thinking="strip"` the reply loses its `<think>` blocks (the prompt is left as is:
-    it is context, and the model saw it that way).
+    With `thinking="strip"` the reply is `answer_only` (the prompt is left as is: it is
+    context, and the model saw it that way).
     """
     *prompt, reply = record["messages"]
-    content = strip_thinking(reply["content"]) if thinking == "strip" else reply["content"]
+    content = answer_only(reply["content"]) if thinking == "strip" else reply["content"]
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
 
 

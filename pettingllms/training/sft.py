@@ -28,8 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pettingllms.exceptions import ConfigError, DataError, ModelNotFoundError, UserError
 from pettingllms.config.sft import SFTSettings
+from pettingllms.exceptions import ConfigError, DataError, UserError
+from pettingllms.models import (
+    adapter_base,
+    base_model_of,
+    find_model_dir,
+    first_line,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
 from pettingllms.training.data import (
     build_samples,
     expand_paths,
@@ -38,8 +47,10 @@ from pettingllms.training.data import (
     select_records,
     split_eval,
 )
+from pettingllms.training.outputs import SUMMARY_FILE, Output, claim_output
 
-SUMMARY_FILE = "training_summary.json"
+KEY = "training.sft_config"
+"""Where the settings live on the command line; error messages name the keys under it."""
 
 
 # ---------------------------------------------------------------- the stage
@@ -53,15 +64,20 @@ def run_training(
     Writes the adapter (or full model), tokenizer, training args and `training_summary.json`
     to `settings.output_dir`; with `per_policy`, one such folder per policy inside it, each
     trained from `policy_models[policy]` when given (role-specialized agents on different
-    models), else from `settings.model_name_or_path`.
+    models), else from `settings.model_name_or_path`. The output folder is claimed (see
+    `training.outputs`) before any model is loaded.
     """
     settings = _as_settings(settings)
     records, report = select_records(read_records(data_paths), settings)
     eval_records = read_eval_records(settings)
     _print_main(f"[pettingllms] {report.describe()}.")
-    sources = {"data_files": [str(p) for p in expand_paths(data_paths)], "selection": dataclasses.asdict(report)}
+    data_files = expand_paths(data_paths)
+    sources = {"data_files": [str(path) for path in data_files], "selection": dataclasses.asdict(report)}
+    models = _model_folders([settings.model_name_or_path, *(policy_models or {}).values()])
+    inputs = (*data_files, *expand_paths(_split_paths(settings.eval_data_path)), *models)
+    output = claim_training_output(settings, inputs)
     if not settings.per_policy:
-        return train_model(settings, records, eval_records, sources)
+        return train_model(settings, records, eval_records, sources, output)
     summaries = {}
     for policy, group in group_by_policy(records).items():
         _print_main(f"[pettingllms] Policy '{policy}': {len(group)} records.")
@@ -70,10 +86,35 @@ def run_training(
             settings, output_dir=str(Path(settings.output_dir) / policy), model_name_or_path=model
         )
         policy_eval = [r for r in eval_records if r["metadata"].get("policy_name") == policy]
-        summaries[policy] = train_model(policy_settings, group, policy_eval, sources)
+        policy_output = claim_training_output(policy_settings, inputs)
+        summaries[policy] = train_model(policy_settings, group, policy_eval, sources, policy_output)
     summary = {"output_dir": settings.output_dir, "per_policy": summaries}
-    _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
+    with output.writing():
+        _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
     return summary
+
+
+def claim_training_output(settings: SFTSettings, inputs: tuple[Path, ...] = ()) -> Output:
+    """`settings.output_dir`, checked and made writable, or a one-line UserError (see `training.outputs`).
+
+    Only the main process claims: under torchrun the others would race it while it empties
+    the folder.
+    """
+    if not _is_main_process():
+        return Output(Path(settings.output_dir), fresh=False, existed=True)
+    return claim_output(
+        settings.output_dir,
+        kind="train",
+        overwrite=settings.overwrite,
+        overwrite_flag=f"{KEY}.overwrite=true",
+        resume=settings.resume_from_checkpoint is not None,
+        resume_flag=f"{KEY}.resume_from_checkpoint=last",
+        protected=inputs,
+    )
+
+
+def _model_folders(names: list[str | None]) -> list[Path]:
+    return [Path(name) for name in names if name and Path(name).exists()]
 
 
 def read_eval_records(settings: SFTSettings) -> list[dict]:
@@ -87,19 +128,20 @@ def read_eval_records(settings: SFTSettings) -> list[dict]:
 
 
 def train_model(
-    settings: SFTSettings, records: list[dict], eval_records: list[dict], sources: dict[str, Any]
+    settings: SFTSettings, records: list[dict], eval_records: list[dict], sources: dict[str, Any], output: Output
 ) -> dict[str, Any]:
-    """Train one model (or adapter) on `records`, save it, and return its summary."""
+    """Train one model (or adapter) on `records`, save it into the claimed `output`, return its summary."""
     started = time.monotonic()
-    checkpoint = resolve_checkpoint(settings)
-    model_path = resolve_model_path(settings.model_name_or_path)
-    _print_main(f"[pettingllms] Training {model_path} ({'LoRA adapter' if settings.use_lora else 'full fine-tune'}).")
-    model, tokenizer = load_model(model_path, dtype="float32"), load_tokenizer(model_path)
-    train, evaluation, dropped = build_datasets(settings, records, eval_records, tokenizer)
-    trainer = build_trainer(settings, model, tokenizer, train, evaluation)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    eval_loss = trainer.evaluate()["eval_loss"] if evaluation is not None else None
-    trainer.save_model(settings.output_dir)
+    model_path = resolve_model(settings.model_name_or_path)
+    with output.discarded_on_failure():
+        checkpoint = resolve_checkpoint(settings)
+        model, tokenizer = load_training_model(settings, model_path), load_tokenizer(model_path)
+        train, evaluation, dropped = build_datasets(settings, records, eval_records, tokenizer)
+        trainer = build_trainer(settings, model, tokenizer, train, evaluation)
+    with output.writing():  # checkpoints are written during training, the model at its end
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        eval_loss = trainer.evaluate()["eval_loss"] if evaluation is not None else None
+        trainer.save_model(settings.output_dir)
     summary = {
         "model": model_path,
         "output_dir": settings.output_dir,
@@ -114,8 +156,28 @@ def train_model(
         summary["merged_model"] = _merge_if_asked(settings, model_path)
         print(f"[pettingllms] Saved {'adapter' if settings.use_lora else 'model'} to {settings.output_dir}")
     summary["wall_time_s"] = round(time.monotonic() - started, 2)
-    _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
+    with output.writing():
+        _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
     return summary
+
+
+def load_training_model(settings: SFTSettings, model_path: str) -> Any:
+    """The model to fine-tune, in float32 (mixed precision, when on, casts per operation).
+
+    An adapter folder (an earlier `train`'s output) with `use_lora` goes on training that
+    adapter on the base it names: a new adapter over it would be saved as an adapter of the
+    base alone, and loading it later would silently lose the first one.
+    """
+    base = adapter_base(find_model_dir(model_path))
+    if settings.use_lora and base is not None:
+        _print_main(
+            f"[pettingllms] Continuing the LoRA adapter {model_path} on its base {base} "
+            f"(its own rank and target modules; the {KEY}.lora_* settings do not apply)."
+        )
+    else:
+        what = "LoRA adapter" if settings.use_lora else "full fine-tune"
+        _print_main(f"[pettingllms] Training {model_path} ({what}).")
+    return load_causal_lm(model_path, dtype="float32", trainable_adapter=settings.use_lora)
 
 
 def build_datasets(
@@ -153,6 +215,7 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
         )
     has_eval = evaluation is not None
     config = build_sft_config(settings, has_eval=has_eval, assistant_mask=uses_assistant_mask(tokenizer))
+    from peft import PeftModel
     from peft.utils.error import NoMatchingPeftModuleError
 
     try:
@@ -162,11 +225,12 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
             train_dataset=train,
             eval_dataset=evaluation,
             processing_class=tokenizer,
-            peft_config=build_lora_config(settings),
+            # A model that already carries its adapter (see load_training_model) trains that one.
+            peft_config=None if isinstance(model, PeftModel) else build_lora_config(settings),
         )
     except NoMatchingPeftModuleError as error:
         raise ConfigError(
-            f"training.sft_config.lora_target_modules={settings.lora_target_modules!r}: {_first_line(error)}"
+            f"training.sft_config.lora_target_modules={settings.lora_target_modules!r}: {first_line(error)}"
         ) from None
 
 
@@ -261,49 +325,7 @@ def token_counter(tokenizer: Any):
     return count_tokens
 
 
-# ---------------------------------------------------------------- models and checkpoints
-
-
-def resolve_model_path(model_name_or_path: str | None) -> str:
-    """The model to load: the one named, or the tiny built-in model for None."""
-    if model_name_or_path:
-        return model_name_or_path
-    from pettingllms.tiny_model import tiny_model_path
-
-    return str(tiny_model_path())
-
-
-def load_model(name_or_path: str, dtype: str = "auto") -> Any:
-    """A causal LM from a local folder or the local Hub cache; `ModelNotFoundError` if neither has it."""
-    from transformers import AutoModelForCausalLM
-
-    folder = local_model_dir(name_or_path)  # says itself, in one line, when there is nothing to load
-    try:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
-        raise ModelNotFoundError(f"Cannot load model '{name_or_path}': {_first_line(error)}") from None
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """The tokenizer saved with a model (or adapter) folder or Hub id."""
-    from transformers import AutoTokenizer
-
-    folder = local_model_dir(name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as error:  # OSError, ValueError, SafetensorError...: all mean "cannot load"
-        raise ModelNotFoundError(f"Cannot load the tokenizer of '{name_or_path}': {_first_line(error)}") from None
-
-
-def local_model_dir(name_or_path: str) -> str:
-    """The folder to load from: a local model or adapter folder, or a cached Hub id's snapshot.
-
-    Nothing is looked up online: offline, transformers would retry the Hub for a minute
-    before failing on a mistyped path.
-    """
-    from pettingllms.policies.hf import find_model_dir
-
-    return find_model_dir(name_or_path)
+# ---------------------------------------------------------------- checkpoints and merging
 
 
 def resolve_checkpoint(settings: SFTSettings) -> str | None:
@@ -328,7 +350,8 @@ def _merge_if_asked(settings: SFTSettings, model_path: str) -> str | None:
         return None
     from pettingllms.training.merge import merge_lora
 
-    merged = merge_lora(model_path, settings.output_dir, str(Path(settings.output_dir) / "merged"), overwrite=True)
+    base = base_model_of(model_path)  # a continued adapter merges into the base it names
+    merged = merge_lora(base, settings.output_dir, str(Path(settings.output_dir) / "merged"), overwrite=True)
     print(f"[pettingllms] Merged model saved to {merged}")
     return str(merged)
 
@@ -382,11 +405,6 @@ def _split_paths(paths: str | None) -> list[str]:
     return [part.strip() for part in (paths or "").split(",") if part.strip()]
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _as_settings(settings: Any) -> SFTSettings:
     # The command line hands over an OmegaConf node typed as SFTSettings; make it the dataclass.
     if isinstance(settings, SFTSettings):
@@ -400,15 +418,19 @@ def _as_settings(settings: Any) -> SFTSettings:
 
 
 def settings_from_overrides(overrides: list[str]) -> SFTSettings:
-    """`SFTSettings` from `key=value` strings, checked by OmegaConf (unknown keys, types)."""
+    """`SFTSettings` from `key=value` strings, checked by OmegaConf (unknown keys, types) and by
+    `SFTSettings.check`. Keys may carry the `training.sft_config.` prefix that messages name."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = [override.removeprefix(f"{KEY}.") for override in overrides]
     try:
         config = OmegaConf.merge(OmegaConf.structured(SFTSettings), OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as error:
-        raise ConfigError(_first_line(error)) from None
-    return OmegaConf.to_object(config)
+        raise ConfigError(first_line(error)) from None
+    settings = OmegaConf.to_object(config)
+    settings.check(KEY)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
