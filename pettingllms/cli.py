@@ -63,8 +63,92 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.training.run_sft_training:
         print("training.run_sft_training=false: collected only.")
         return 0
-    _train(config, [glob.escape(str(result.files.records))], trained_policies(config))
+    policy_models = trained_policies(config)
+    summary = _train(config, [glob.escape(str(result.files.records))], policy_models)
+    if wants_eval_after(config, per_policy=bool(policy_models)):
+        before_and_after(config, summary, result.files.run_name)
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pettingllms.evaluation import evaluate
+
+    config = load_command_config(args)
+    result = evaluate(config)
+    print_evaluation(result.summary)
+    print(f"  summary  {result.files.evaluation}\n  episodes {result.files.rollouts}")
+    if result.interrupted:
+        print(f"Interrupted. Resume with the same command plus eval.run_name={result.files.run_name}", file=sys.stderr)
+    return exit_status(result)
+
+
+def wants_eval_after(config, per_policy: bool) -> bool:
+    """`training.eval_after`, or by default: yes when the env has a test split."""
+    wanted = config.training.eval_after
+    if per_policy:
+        if wanted:
+            print("training.eval_after: not available with one adapter per policy yet; skipped.")
+        return False
+    if wanted is None:
+        from pettingllms.collect.episode import make_env
+
+        return make_env(config).has_test_split
+    return wanted
+
+
+def before_and_after(config, summary: dict[str, Any], run_name: str) -> None:
+    """Evaluate the starting model and the trained one on the same test tasks; print and save both."""
+    from pettingllms.evaluation import evaluate, trained_agents, with_model
+    from pettingllms.runfiles import write_json_atomic
+
+    agents = trained_agents(config)
+    base = config.training.sft_config.model_name_or_path
+    results = {}
+    for label, model in (("before", base), ("after", summary["output_dir"])):
+        print(f"Evaluating the {label} model ({model}) on the test split: {config.eval.num_episodes} episodes...")
+        results[label] = evaluate(with_model(config, model, agents, f"{run_name}_{label}")).summary
+    print_before_after(results["before"], results["after"])
+    summary["evaluation"] = results
+    from pathlib import Path
+
+    from pettingllms.training.sft import SUMMARY_FILE
+
+    write_json_atomic(Path(summary["output_dir"]) / SUMMARY_FILE, summary)
+
+
+def print_evaluation(summary: dict[str, Any]) -> None:
+    low, high = summary["success_interval_95"]
+    rows = [
+        ("env", f"{summary['env_name']} ({summary['split']} split)"),
+        ("episodes", f"{summary['episodes']} ({summary['error_episodes']} errors)"),
+        ("success rate", f"{summary['success_rate']:.2f}  (95% interval {low:.2f}-{high:.2f})"),
+        ("turns per episode", f"{summary['turns_per_episode']:.2f}"),
+    ]
+    for agent, numbers in summary["per_agent"].items():
+        rows.append((f"  {agent}", f"invalid actions {numbers['invalid_action_rate']:.2f}"))
+    for k, value in (summary.get("pass_at_k") or {}).items():
+        rows.append((f"pass@{k}", f"{value:.3f}"))
+    print("\nevaluation")
+    print_table([("", "")] + rows)
+
+
+def print_before_after(before: dict[str, Any], after: dict[str, Any]) -> None:
+    def rate(summary):
+        low, high = summary["success_interval_95"]
+        return f"{summary['success_rate']:.2f} [{low:.2f}, {high:.2f}]"
+
+    rows = [("", "before", "after"), ("success (95% interval)", rate(before), rate(after))]
+    for agent in after["per_agent"]:
+        rows.append(
+            (
+                f"{agent}: invalid actions",
+                f"{before['per_agent'].get(agent, {}).get('invalid_action_rate', 0):.2f}",
+                f"{after['per_agent'][agent]['invalid_action_rate']:.2f}",
+            )
+        )
+    rows.append(("turns per episode", f"{before['turns_per_episode']:.2f}", f"{after['turns_per_episode']:.2f}"))
+    print(f"\nbefore / after training, {after['episodes']} test episodes")
+    print_table(rows)
 
 
 def trained_policies(config) -> dict[str, str | None]:
@@ -268,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", cmd_train, "train-only: fine-tune on existing JSONL/Parquet files"),
         ("run", cmd_run, "collect, then train on what was just collected"),
         ("quick-test", cmd_quick_test, "the whole flow, small, on the tiny built-in model (CPU, offline)"),
+        ("eval", cmd_eval, "play a policy on the env's test split and report its success rate with an interval"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
@@ -286,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--base_model_name", required=True, help="base model folder or cached Hub id")
     merge.add_argument("--lora_model_path", required=True, help="adapter folder (from `pettingllms train`)")
     merge.add_argument("--output_path", required=True, help="where the standalone model goes")
-    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    merge.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier pettingllms output folder (never another folder)"
+    )
     merge.set_defaults(handler=cmd_merge_lora)
     tiny = commands.add_parser("make-tiny-model", help="write the tiny built-in model + tokenizer to a folder")
     tiny.add_argument("--output", required=True, help="folder to write")

@@ -6,6 +6,7 @@ A run named `<run>` lives in one folder (`training.sft_data_dir`):
     sft_data_<run>_stats.json     counts of what happened
     sft_data_<run>_config.json    the settings that made it (resume checks them)
     rollouts_<run>.jsonl          every episode: the run's ledger
+    eval_<run>.json               an evaluation run's summary (`pettingllms eval`)
 
 This module is the only place that spells those names; collection, `stats`, `train` and the
 command line all ask it. `docs/data-format.md` describes what each file holds.
@@ -29,6 +30,7 @@ from pettingllms.records import Episode, check_episode
 
 RECORDS_PREFIX = "sft_data_"
 ROLLOUTS_PREFIX = "rollouts_"
+EVAL_PREFIX = "eval_"
 _UNSAFE_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
 """Path separators, glob characters and control characters (newlines): never in a run name."""
 
@@ -64,6 +66,11 @@ class RunFiles:
     @property
     def rollouts(self) -> Path:
         return self.directory / f"{ROLLOUTS_PREFIX}{self.run_name}.jsonl"
+
+    @property
+    def evaluation(self) -> Path:
+        """The summary `pettingllms eval` writes for an evaluation run."""
+        return self.directory / f"{EVAL_PREFIX}{self.run_name}.json"
 
     @classmethod
     def of(cls, path: Path | str) -> RunFiles | None:

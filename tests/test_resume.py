@@ -1,6 +1,6 @@
 """Resuming a collection run: killed runs continue exactly where they stopped.
 
-The promise (DESIGN.md, "running again with the same name resumes"): whatever point a run is
+The promise (docs/data-format.md, "Resuming"): whatever point a run is
 killed at, running the same command again ends with exactly `training.sft_num_episodes`
 episodes, each once, every line valid JSON, and records and stats equal to those of a run
 that was never interrupted. A resumed run refuses settings that would mix two kinds of data.

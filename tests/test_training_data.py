@@ -25,7 +25,7 @@ from pettingllms.training.data import (
 
 
 def make_record(index: int = 0, agent: str = "planner", policy: str = "shared", reward: float = 1.0, success=True):
-    """One record in the format collection writes (DESIGN.md, "Files written by collection")."""
+    """One record in the format collection writes (docs/data-format.md)."""
     return {
         "messages": [
             {"role": "system", "content": "You push boxes."},

@@ -313,12 +313,10 @@ class TokenCounter:
         if self._tokenizer is not None or self._failed:
             return self._tokenizer
         try:
-            from transformers import AutoTokenizer
-
-            from pettingllms.models import model_for_training
+            from pettingllms.models import load_tokenizer, model_for_training
 
             path = model_for_training(self.config)
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            self._tokenizer = load_tokenizer(path)
             self.name = str(path)
         except Exception as error:  # stats lose one field; collection must go on
             print(f"warning: token counts unavailable ({error})", file=sys.stderr)

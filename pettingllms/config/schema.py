@@ -168,6 +168,10 @@ class TrainingConfig:
         "malformed answer, sandbox set-up), never those the model failed.",
         True,
     )
+    eval_after: bool | None = _help(
+        "In `run`: evaluate the starting model and the trained one on the test split (eval.*) and show both; "
+        "None: when the env has a test split.",
+    )
     train_data_path: Any = _help(
         "train: data files or globs (a string or a list); default: the records of training.run_name, "
         "else the newest sft_data_*.jsonl."
@@ -200,12 +204,41 @@ class TrainingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`pettingllms eval`, and the before/after evaluation of `run` (training.eval_after)."""
+
+    num_episodes: int = _help("Test episodes to play.", 50)
+    num_samples_per_task: int = _help("Samples per test task; above 1, pass@k is reported for k = 1..n.", 1)
+    greedy: bool = _help("Temperature 0 for every policy (with one sample per task).", True)
+    split: str = _help(
+        "'test' (tasks collection never sees) or 'train' (for a separate task file given as env.dataset).", "test"
+    )
+    seed: int = _help("First test task (the test split's own seeds start at a fixed offset).", 0)
+    output_dir: str = _help("Where evaluation files go: eval_<run>.json and the episodes (rollouts).", "./sft_eval")
+    run_name: str | None = _help("Name of the evaluation run (default: start time); the same name resumes it.")
+    concurrency: int = _help("Most episodes in flight at once.", 16)
+    max_tokens: int | None = _help("Most new tokens per reply of an evaluated model; None: the policy's max_tokens.")
+
+    def check(self, key: str = "eval") -> None:
+        require(self.max_tokens is None or self.max_tokens > 0, f"{key}.max_tokens", self.max_tokens, "an integer > 0")
+        for name in ("num_episodes", "num_samples_per_task", "concurrency"):
+            require(getattr(self, name) > 0, f"{key}.{name}", getattr(self, name), "an integer > 0")
+        require(self.split in ("train", "test"), f"{key}.split", self.split, "'train' or 'test'")
+        require(self.seed >= 0, f"{key}.seed", self.seed, "an integer >= 0")
+        if self.run_name is not None:
+            from pettingllms.runfiles import check_run_name
+
+            check_run_name(self.run_name, f"{key}.run_name")
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     policies: dict[str, PolicyConfig] = _help("Extra named policies for role-specialized agents.", factory=dict)
     agents: dict[str, AgentConfig] = _help("Per-agent settings: policy, trainable, sampling.", factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         self.check()
@@ -226,6 +259,7 @@ class Config:
                     f"a defined policy: {', '.join(self.policies_by_name())} (add it under policies.<name>)",
                 )
         self.training.check("training")
+        self.eval.check("eval")
 
     def policies_by_name(self) -> dict[str, PolicyConfig]:
         """The shared policy (under its own `name`) and the extra named ones."""

@@ -55,6 +55,11 @@ class TurnBasedTextEnv(gymnasium.Env):
     """Where tasks come from, as `pettingllms envs` shows it."""
     has_expert: bool = True
 
+    @property
+    def has_test_split(self) -> bool:
+        """Whether `split="test"` gives tasks that training never sees (procedural envs: disjoint seeds)."""
+        return True
+
     def __init__(self, max_turns: int | None = None, render_mode: str | None = None):
         if max_turns is None:
             max_turns = self.default_max_turns

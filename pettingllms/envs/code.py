@@ -150,6 +150,10 @@ class CodeEnv(TurnBasedTextEnv):
     default_max_turns = 3
     task_source = "HumanEval (bundled) or stdin/stdout task files"
 
+    @property
+    def has_test_split(self) -> bool:
+        return False  # a task file is one split: evaluate on another file (env.dataset=...)
+
     def __init__(
         self,
         max_turns: int | None = None,

@@ -91,6 +91,10 @@ class MathEnv(TurnBasedTextEnv):
     default_max_turns = 3
     task_source = "seeded generator or question/answer files"
 
+    @property
+    def has_test_split(self) -> bool:
+        return self.tasks is None  # generated problems have disjoint test seeds; a file is one split
+
     def __init__(
         self,
         max_turns: int | None = None,

@@ -3,7 +3,7 @@
 Everything here is a pure function except the two explicit readers (`expand_paths`,
 `read_records`), so `train` and `stats` can share it and tests need no model.
 
-A *record* is one kept agent turn, as collection writes it (see DESIGN.md):
+A *record* is one kept agent turn, as collection writes it (see docs/data-format.md):
 
     {"messages": [..., {"role": "assistant", "content": "..."}], "metadata": {...}}
 
@@ -21,7 +21,6 @@ them again would count them twice), and other agents' turns are not this agent's
 from __future__ import annotations
 
 import glob
-import json
 import random
 import re
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 from pettingllms.config.sft import SFTSettings
 from pettingllms.exceptions import DataError
+from pettingllms.jsonl import read_jsonl
 
 ACCEPTED_FORMATS = (
     "'messages' (a list of {role, content}, the last one from the assistant) with optional 'metadata', "
@@ -78,20 +78,7 @@ def read_records(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def _read_jsonl_rows(path: Path) -> list[tuple[Any, str]]:
-    rows = []
-    with path.open("rb") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((json.loads(line.decode("utf-8")), f"{path}:{number}"))
-            except UnicodeDecodeError:
-                raise DataError(f"{path}:{number}: not UTF-8 text.") from None
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-            except (ValueError, RecursionError) as error:  # huge integers, absurd nesting
-                raise DataError(f"{path}:{number}: unreadable JSON ({type(error).__name__}).") from None
-    return rows
+    return list(read_jsonl(path))
 
 
 def _read_parquet_rows(path: Path) -> list[tuple[Any, str]]:
