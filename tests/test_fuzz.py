@@ -1,7 +1,7 @@
 """Arbitrary text into every reply parser and both JSONL readers: nothing raises but the documented errors.
 
 A model writes anything: truncated fences, unbalanced brackets, megabytes of one token, stray
-unicode. DESIGN.md promises that `env.step` never raises on it and that a broken data file is
+unicode. The env API promises (docs/custom-env.md) that `env.step` never raises on it and that a broken data file is
 a `DataError` (one line for the user), never a traceback. These tests hold the code to that
 with Hypothesis.
 """
@@ -19,7 +19,7 @@ from pettingllms.envs.math import printed_answer
 from pettingllms.envs.math_tasks import extract_boxed
 from pettingllms.envs.planning import ReplyParseError, answer_text, extract_python_block, parse_moves, parse_number_grid
 from pettingllms.exceptions import DataError
-from pettingllms.runner import read_ledger
+from pettingllms.runfiles import read_ledger
 from pettingllms.training.data import read_records
 
 # tmp_path is shared by the examples of one test on purpose: each example rewrites its file.
@@ -119,6 +119,7 @@ reply_text = st.one_of(
 # -- the pure parsers ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~3 s on 2 cores: 200 examples through every planning parser
 @FUZZ
 @given(reply_text)
 def test_planning_parsers_raise_only_reply_parse_error(text):
