@@ -82,6 +82,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return exit_status(result)
 
 
+def cmd_iterate(args: argparse.Namespace) -> int:
+    from pettingllms.iterate import SUMMARY_FILE, Iteration
+
+    # `rounds=K` is the short spelling of iterate.rounds=K.
+    args.overrides = [f"iterate.{item}" if item.startswith("rounds=") else item for item in args.overrides]
+    config = load_command_config(args)
+    iteration = Iteration(config)
+    summary = iteration.run()
+    print_iteration(summary)
+    print(f"  summary  {iteration.root / SUMMARY_FILE}")
+    return 0
+
+
+def print_iteration(summary: dict[str, Any]) -> None:
+    def rate(numbers, interval):
+        low, high = interval
+        return f"{numbers:.2f} [{low:.2f}, {high:.2f}]"
+
+    base = summary["base_eval"]
+    rows = [("round", "collected (success)", "kept", "final loss", "test success (95% interval)")]
+    rows.append(("base", "", "", "", rate(base["success_rate"], base["success_interval_95"])))
+    for row in summary["rounds"]:
+        loss = row["final_train_loss"]
+        rows.append(
+            (
+                str(row["round"]),
+                f"{row['collected_episodes']} ({row['collect_success_rate']:.2f})",
+                str(row["kept_records"]),
+                f"{loss:.4f}" if isinstance(loss, float) else "-",
+                rate(row["eval_success_rate"], row["eval_interval_95"]),
+            )
+        )
+    print(f"\niteration on {summary['env_name']}")
+    print_table(rows)
+
+
 def wants_eval_after(config, per_policy: bool) -> bool:
     """`training.eval_after`, or by default: yes when the env has a test split."""
     wanted = config.training.eval_after
@@ -353,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "collect, then train on what was just collected"),
         ("quick-test", cmd_quick_test, "the whole flow, small, on the tiny built-in model (CPU, offline)"),
         ("eval", cmd_eval, "play a policy on the env's test split and report its success rate with an interval"),
+        (
+            "iterate",
+            cmd_iterate,
+            "rounds of collect -> train -> evaluate (rounds=K), each round's model collecting next",
+        ),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)

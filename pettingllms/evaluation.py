@@ -87,12 +87,15 @@ def evaluate(config: Config) -> EvalResult:
 EVALUATED_POLICY = "evaluated_model"
 
 
-def with_model(config: Config, model_path: str, agents: list[str], run_name: str) -> Config:
-    """`config` with `agents` played by the local model (or adapter) at `model_path`, the others as before."""
+def with_model(
+    config: Config, model_path: str, agents: list[str], run_name: str | None, policy_name: str = EVALUATED_POLICY
+) -> Config:
+    """`config` with `agents` played by the local model (or adapter) at `model_path`, the others as before;
+    the model's turns carry `policy_name` in the files."""
     plan = copy.deepcopy(config)
     shared = plan.policy
-    plan.policies[EVALUATED_POLICY] = PolicyConfig(
-        name=EVALUATED_POLICY,
+    plan.policies[policy_name] = PolicyConfig(
+        name=policy_name,
         backend="hf",
         model_path=model_path,
         max_tokens=shared.max_tokens,
@@ -101,7 +104,7 @@ def with_model(config: Config, model_path: str, agents: list[str], run_name: str
     )
     for agent in agents:
         settings = plan.agents.setdefault(agent, AgentConfig())
-        settings.policy = EVALUATED_POLICY
+        settings.policy = policy_name
     plan.eval.run_name = run_name
     return plan
 

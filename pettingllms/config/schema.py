@@ -232,6 +232,26 @@ class EvalConfig:
 
 
 @dataclass
+class IterateConfig:
+    """`pettingllms iterate`: rounds of collect -> train -> evaluate."""
+
+    rounds: int = _help("Rounds to run (`rounds=K` on the command line).", 2)
+    output_dir: str = _help(
+        "Where each round's folder (data/, model/, eval/) and iterate_summary.json go.", "./sft_iterate"
+    )
+    from_base: bool = _help(
+        "True: each round trains the base model on every round's kept data so far; False: it continues the "
+        "previous round's model on the new data only.",
+        True,
+    )
+    patience: int = _help("Stop when success has not improved for this many rounds (0: run every round).", 0)
+
+    def check(self, key: str = "iterate") -> None:
+        require(self.rounds > 0, f"{key}.rounds", self.rounds, "an integer > 0")
+        require(self.patience >= 0, f"{key}.patience", self.patience, "an integer >= 0")
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -239,6 +259,7 @@ class Config:
     agents: dict[str, AgentConfig] = _help("Per-agent settings: policy, trainable, sampling.", factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
 
     def __post_init__(self) -> None:
         self.check()
@@ -260,6 +281,7 @@ class Config:
                 )
         self.training.check("training")
         self.eval.check("eval")
+        self.iterate.check("iterate")
 
     def policies_by_name(self) -> dict[str, PolicyConfig]:
         """The shared policy (under its own `name`) and the extra named ones."""
