@@ -145,3 +145,21 @@ def test_training_never_imports_a_policy_backend_nor_heavy_libraries():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_small_model_on_the_cpu_gets_one_torch_thread_unless_told_otherwise(monkeypatch):
+    import torch
+
+    from pettingllms.models import choose_cpu_threads, load_causal_lm, resolve_model
+
+    model = load_causal_lm(resolve_model(None), dtype="float32")
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        assert choose_cpu_threads(model) == 1 and torch.get_num_threads() == 1
+        assert choose_cpu_threads(model, requested=2) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert choose_cpu_threads(model) is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -75,6 +75,10 @@ class PolicyConfig:
     device: str = _help("'auto', 'cpu', 'cuda', 'cuda:1'...", "auto", backends=("hf",))
     dtype: str = _help("'auto', 'float32', 'bfloat16', 'float16'.", "auto", backends=("hf",))
     max_batch_size: int = _help("Most requests batched into one generate call.", 16, backends=("hf",))
+    torch_threads: int | None = _help(
+        "CPU threads for torch; None: one for a small model on the CPU unless OMP_NUM_THREADS is set.",
+        backends=("hf",),
+    )
     # > openai
     base_url: str | None = _help("Server URL, e.g. http://127.0.0.1:8000/v1.", backends=("openai",))
     base_urls: list[str] = _help(
@@ -116,6 +120,8 @@ class PolicyConfig:
         require(self.temperature >= 0, f"{key}.temperature", self.temperature, "a number >= 0")
         require(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "a number in (0, 1]")
         require(self.max_batch_size > 0, f"{key}.max_batch_size", self.max_batch_size, "an integer > 0")
+        if self.torch_threads is not None:
+            require(self.torch_threads > 0, f"{key}.torch_threads", self.torch_threads, "an integer > 0")
         require(self.max_concurrency > 0, f"{key}.max_concurrency", self.max_concurrency, "an integer > 0")
         require(self.max_retries >= 0, f"{key}.max_retries", self.max_retries, "an integer >= 0")
         for name in ("timeout_s", "connect_timeout_s"):

@@ -29,6 +29,7 @@ def build_policy(name: str, config: PolicyConfig, seed: int = 0) -> Policy:
             device=config.device,
             dtype=config.dtype,
             max_batch_size=config.max_batch_size,
+            torch_threads=config.torch_threads,
             seed=seed,
         )
     if config.backend == "openai":

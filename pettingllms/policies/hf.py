@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pettingllms.exceptions import ConfigError, ModelNotFoundError, PolicyError
-from pettingllms.models import find_model_dir, load_causal_lm, load_tokenizer, resolve_model
+from pettingllms.models import choose_cpu_threads, find_model_dir, load_causal_lm, load_tokenizer, resolve_model
 from pettingllms.policies.base import Generation, GenerationRequest, Policy, SamplingParams
 
 # torch's random generator is one per process: two policies sampling at the same time in
@@ -55,6 +55,7 @@ class HFPolicy(Policy):
         dtype: "auto" (bfloat16 on GPUs that support it, else float32) or a dtype name.
         max_batch_size: most requests in one `generate` call.
         seed: seeds each batch's sampling, together with the batch's number.
+        torch_threads: CPU threads for torch (None: `models.choose_cpu_threads` decides).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class HFPolicy(Policy):
         dtype: str = "auto",
         max_batch_size: int = 16,
         seed: int = 0,
+        torch_threads: int | None = None,
     ):
         super().__init__(name)
         if dtype not in DTYPES:
@@ -76,7 +78,7 @@ class HFPolicy(Policy):
         # None stays None until load(): building the tiny model imports torch, too slow here.
         self.model_dir = None if model_path is None else find_model_dir(model_path)
         self.device, self.dtype = device, dtype
-        self.max_batch_size, self.seed = max_batch_size, seed
+        self.max_batch_size, self.seed, self.torch_threads = max_batch_size, seed, torch_threads
         self.model: Any = None
         self.tokenizer: Any = None
         self.batches_served = 0
@@ -100,6 +102,7 @@ class HFPolicy(Policy):
                 f"Model {path!r} has no chat template; the hf policy needs a chat (instruct) model."
             )
         model = load_causal_lm(path, dtype=pick_dtype(self.dtype, device), device=device).eval()
+        choose_cpu_threads(model, self.torch_threads)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

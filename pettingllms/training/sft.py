@@ -33,6 +33,7 @@ from pettingllms.exceptions import ConfigError, DataError, UserError
 from pettingllms.models import (
     adapter_base,
     base_model_of,
+    choose_cpu_threads,
     find_model_dir,
     first_line,
     load_causal_lm,
@@ -177,7 +178,9 @@ def load_training_model(settings: SFTSettings, model_path: str) -> Any:
     else:
         what = "LoRA adapter" if settings.use_lora else "full fine-tune"
         _print_main(f"[pettingllms] Training {model_path} ({what}).")
-    return load_causal_lm(model_path, dtype="float32", trainable_adapter=settings.use_lora)
+    model = load_causal_lm(model_path, dtype="float32", trainable_adapter=settings.use_lora)
+    choose_cpu_threads(model, settings.torch_threads)
+    return model
 
 
 def build_datasets(
