@@ -193,11 +193,8 @@ def trained_policies(config) -> dict[str, str | None]:
     from pettingllms.envs import env_class
 
     named = config.policies_by_name()
-    trainable = [
-        agent
-        for agent in env_class(config.env.name).possible_agents
-        if agent not in config.agents or config.agents[agent].trainable
-    ]
+    cls = env_class(config.env.name)
+    trainable = [agent for agent in cls.possible_agents if config.trains(agent, cls.non_trainable_agents)]
     used = {config.policy_of(agent) for agent in trainable}
     if len(used) < 2:
         return {}
@@ -220,23 +217,12 @@ def cmd_quick_test(args: argparse.Namespace) -> int:
 def cmd_envs(args: argparse.Namespace) -> int:
     from pettingllms import envs
 
-    rows = [("name", "gymnasium id", "agents", "task source", "expert", "max_turns")]
-    for name, (gym_id, _) in envs.ENVIRONMENTS.items():
-        try:
-            cls = envs.env_class(name)
-        except ImportError as error:
-            rows.append((name, gym_id, f"(unavailable: {error})", "", "", ""))
-            continue
-        rows.append(
-            (
-                name,
-                gym_id,
-                ", ".join(cls.possible_agents),
-                cls.task_source,
-                "yes" if cls.has_expert else "no",
-                str(cls.default_max_turns),
-            )
-        )
+    rows = [("name", "gymnasium id", "agents", "task source", "expert", "max_turns", "note")]
+    for row in envs.describe_registry():
+        expert = "" if row["expert"] is None else "yes" if row["expert"] else "no"
+        max_turns = "" if row["max_turns"] is None else str(row["max_turns"])
+        agents = ", ".join(row["agents"])
+        rows.append((row["name"], row["gym_id"], agents, row["task_source"], expert, max_turns, row["note"]))
     print_table(rows)
     return 0
 

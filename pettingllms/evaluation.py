@@ -111,11 +111,14 @@ def with_model(
 
 def trained_agents(config: Config) -> list[str]:
     """The agents whose turns training learned from: trainable, and selected by training.sft_config.agents."""
+    from pettingllms.envs import env_class
+
     selected = set(config.training.sft_config.agents)
+    simulated = env_class(config.env.name).non_trainable_agents
     return [
         agent
         for agent in config_agents(config)
-        if (agent not in config.agents or config.agents[agent].trainable) and (not selected or agent in selected)
+        if config.trains(agent, simulated) and (not selected or agent in selected)
     ]
 
 

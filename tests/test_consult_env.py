@@ -293,3 +293,16 @@ def test_collect_writes_the_rule_reward_parts_into_the_rollouts(tmp_path):
         assert all(not turn["trainable"] for turn in episode["turns"] if turn["agent"] == "patient")
     records = [json.loads(line) for line in result.files.records.read_text().splitlines()]
     assert records and all(record["metadata"]["agent_name"] == "doctor" for record in records)
+
+
+def test_the_simulated_patient_is_not_trained_unless_asked(tmp_path):
+    from pettingllms.collect import collect
+    from pettingllms.config import load_config
+
+    base = ["env.name=consult_env", "policy=expert", "agents.patient.policy=null", f"training.sft_data_dir={tmp_path}"]
+    result = collect(load_config([*base, "training.run_name=default", "training.sft_num_episodes=3"]))
+    assert result.stats["per_agent"]["patient"]["kept"] == 0 and result.stats["per_agent"]["doctor"]["kept"] > 0
+    asked = collect(
+        load_config([*base, "training.run_name=asked", "training.sft_num_episodes=3", "agents.patient.trainable=true"])
+    )
+    assert asked.stats["per_agent"]["patient"]["kept"] > 0

@@ -76,7 +76,7 @@ def build_agent_slots(config: Config, env: envs.TurnBasedTextEnv) -> dict[str, A
             built[policy_name] = build_policy(policy_name, named[policy_name], seed=config.training.seed)
         if built[policy_name].needs_expert and not env.has_expert:
             raise ConfigError(f"env '{config.env.name}' has no expert; use policy.backend=hf or openai.")
-        trainable = settings.trainable if settings else True
+        trainable = config.trains(agent, env.non_trainable_agents)
         slots[agent] = AgentSlot(built[policy_name], sampling_for(named[policy_name], settings), trainable)
     return slots
 

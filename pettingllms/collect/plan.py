@@ -147,7 +147,8 @@ def comparable_identity(identity: dict[str, Any], saved: dict[str, Any]) -> dict
     identity = dict(identity)
     recorded_env = saved.get("env") if isinstance(saved.get("env"), dict) else identity.get("env") or {}
     identity["env"] = {key: value for key, value in (identity.get("env") or {}).items() if key in recorded_env}
-    identity["agents"] = {agent: False for agent, trainable in (identity.get("agents") or {}).items() if not trainable}
+    agents = identity.get("agents") or {}
+    identity["agents"] = {agent: False for agent, trainable in agents.items() if trainable is False}
     recorded = saved.get("policies") or {}
     identity["policies"] = {
         name: {key: value for key, value in policy.items() if key in recorded.get(name, policy)}

@@ -144,7 +144,10 @@ class PolicyConfig:
 @dataclass
 class AgentConfig:
     policy: str | None = _help("Name of the policy (in `policies`) that plays this agent; None = the shared `policy`.")
-    trainable: bool = _help("False: the agent takes part but its turns are never written as training records.", True)
+    trainable: bool | None = _help(
+        "False: the agent takes part but its turns are never written as training records. None: the env's "
+        "default (trainable, except agents the env simulates, such as consult_env's patient)."
+    )
     temperature: float | None = _help("Overrides the policy's temperature for this agent.")
     top_p: float | None = _help("Overrides the policy's top_p for this agent.")
     max_tokens: int | None = _help("Overrides the policy's max_tokens for this agent.")
@@ -292,6 +295,13 @@ class Config:
     def policies_by_name(self) -> dict[str, PolicyConfig]:
         """The shared policy (under its own `name`) and the extra named ones."""
         return {self.policy.name: self.policy, **self.policies}
+
+    def trains(self, agent: str, simulated: tuple[str, ...] = ()) -> bool:
+        """Whether `agent`'s turns become training records: its own setting, else not when the env simulates it."""
+        settings = self.agents.get(agent)
+        if settings is not None and settings.trainable is not None:
+            return settings.trainable
+        return agent not in simulated
 
     def policy_of(self, agent: str) -> str:
         """The name of the policy that plays `agent`: its own `agents.<agent>.policy`, else the shared one."""

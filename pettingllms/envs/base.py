@@ -54,6 +54,9 @@ class TurnBasedTextEnv(gymnasium.Env):
     task_source: str = "procedural"
     """Where tasks come from, as `pettingllms envs` shows it."""
     has_expert: bool = True
+    non_trainable_agents: tuple[str, ...] = ()
+    """Agents the env simulates (a patient, a user): their turns are not training records unless
+    `agents.<agent>.trainable=true` says otherwise."""
 
     @property
     def has_test_split(self) -> bool:
