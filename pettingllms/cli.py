@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from pettingllms.console import info, is_main_process, print_table, quiet_libraries
 from pettingllms.exceptions import UserError
 
 OVERRIDES_HELP = (
@@ -49,9 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from pettingllms.models import collecting_model
 
         settings.model_name_or_path = collecting_model(paths)
-    summary = _train(config, paths)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, one line, not one per process
-        print(f"Model written to {summary.get('output_dir', config.training.sft_config.output_dir)}")
+    _train(config, paths)
     return 0
 
 
@@ -123,7 +121,7 @@ def wants_eval_after(config, per_policy: bool) -> bool:
     wanted = config.training.eval_after
     if per_policy:
         if wanted:
-            print("training.eval_after: not available with one adapter per policy yet; skipped.")
+            info("training.eval_after: not available with one adapter per policy yet; skipped.")
         return False
     if wanted is None:
         from pettingllms.collect.episode import make_env
@@ -141,7 +139,7 @@ def before_and_after(config, summary: dict[str, Any], run_name: str) -> None:
     base = config.training.sft_config.model_name_or_path
     results = {}
     for label, model in (("before", base), ("after", summary["output_dir"])):
-        print(f"Evaluating the {label} model ({model}) on the test split: {config.eval.num_episodes} episodes...")
+        info(f"Evaluating the {label} model ({model}) on the test split: {config.eval.num_episodes} episodes...")
         results[label] = evaluate(with_model(config, model, agents, f"{run_name}_{label}")).summary
     print_before_after(results["before"], results["after"])
     summary["evaluation"] = results
@@ -260,11 +258,17 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pettingllms.stats import stats_for_file
+    from pettingllms.stats import print_stats
 
-    for path in args.files:
-        print(f"== {path}")
-        print(json.dumps(stats_for_file(Path(path), plot=args.plot), indent=2))
+    print_stats(args.runs, data_dir=args.data_dir, as_json=args.json, plot=args.plot)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pettingllms.report import write_report
+
+    path = write_report(args.run, data_dir=args.data_dir, output=args.output, training_dir=args.training)
+    print(f"Report written to {path}")
     return 0
 
 
@@ -308,11 +312,12 @@ def exit_status(result) -> int:
 
 def _train(config, paths: list[str], policy_models: dict[str, str] | None = None) -> dict[str, Any]:
     from pettingllms.models import model_for_training
+    from pettingllms.training.progress import training_summary_rows
     from pettingllms.training.sft import run_training
 
     settings = config.training.sft_config
     if policy_models and not settings.per_policy:
-        print("Role-specialized agents: training one adapter per policy (training.sft_config.per_policy=true).")
+        info("Role-specialized agents: training one adapter per policy (training.sft_config.per_policy=true).")
         settings.per_policy = True
     if settings.model_name_or_path is None:
         settings.model_name_or_path = model_for_training(config)
@@ -323,7 +328,10 @@ def _train(config, paths: list[str], policy_models: dict[str, str] | None = None
                 file=sys.stderr,
             )
     models = {name: model for name, model in (policy_models or {}).items() if model}
-    return run_training(settings, paths, models)
+    summary = run_training(settings, paths, models)
+    if is_main_process():  # under torchrun / accelerate launch, one table, not one per process
+        print_table(training_summary_rows(summary), title="training")
+    return summary
 
 
 def train_data_paths(config) -> list[str]:
@@ -339,12 +347,6 @@ def train_data_paths(config) -> list[str]:
     if config.training.run_name:
         return [glob.escape(str(run_records(config.training.sft_data_dir, config.training.run_name)))]
     return [glob.escape(str(newest_records(config.training.sft_data_dir)))]
-
-
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def print_summary_table(stats: dict[str, Any], summary: dict[str, Any], files) -> None:
@@ -366,9 +368,27 @@ def print_summary_table(stats: dict[str, Any], summary: dict[str, Any], files) -
     print_table([("", "")] + rows)
 
 
+def output_options() -> argparse.ArgumentParser:
+    """-v / -q, accepted before or after the command."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="also show libraries' own warnings and progress bars")  # fmt: skip
+    options.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                         help="print only the summaries (and errors)")  # fmt: skip
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pettingllms", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pettingllms", description=__doc__.splitlines()[0], parents=[output_options()]
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    original_add_parser = commands.add_parser
+
+    def add_parser(name, **kwargs):  # every command takes -v / -q as well
+        return original_add_parser(name, parents=[output_options()], **kwargs)
+
+    commands.add_parser = add_parser
     for name, handler, text in (
         ("collect", cmd_collect, "collect-only: run episodes, keep the successful ones, write JSONL + stats"),
         ("train", cmd_train, "train-only: fine-tune on existing JSONL/Parquet files"),
@@ -405,10 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-model", help="write the tiny built-in model + tokenizer to a folder")
     tiny.add_argument("--output", required=True, help="folder to write")
     tiny.set_defaults(handler=cmd_make_tiny_model)
-    stats = commands.add_parser("stats", help="recompute and print stats for collected files")
-    stats.add_argument("files", nargs="+", help="a run's rollouts or records files (JSONL)")
-    stats.add_argument("--plot", action="store_true", help="also write a PNG of length histograms beside each file")
+    run_help = "a run name (looked up in --data-dir), a rollouts or records file, or a folder (its newest run)"
+    data_dir_help = "where run names are looked up (default: ./sft_data, as training.sft_data_dir)"
+    stats = commands.add_parser("stats", help="tables of collected runs: agents, turns, tasks, rewards, lengths")
+    stats.add_argument("runs", nargs="+", metavar="RUN", help=run_help + "; several runs go side by side")
+    stats.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
+    stats.add_argument("--json", action="store_true", help="print each run's stats-file JSON instead of tables")
+    stats.add_argument("--plot", action="store_true", help="also write PNGs into plots_<run>/ beside each run")
     stats.set_defaults(handler=cmd_stats)
+    report = commands.add_parser("report", help="write one self-contained HTML page about a run")
+    report.add_argument("run", metavar="RUN", help=run_help)
+    report.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
+    report.add_argument("--output", metavar="FILE", help="where the page goes (default: report_<run>.html beside it)")
+    report.add_argument("--training", metavar="DIR", help="the run's training folder (default: found from its config)")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -421,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unexpected or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    # In the environment, so that processes started from here (torchrun ranks) behave the same.
+    if getattr(args, "verbose", False):
+        os.environ["PETTINGLLMS_VERBOSE"] = "1"
+    if getattr(args, "quiet", False):
+        os.environ["PETTINGLLMS_QUIET"] = "1"
+    quiet_libraries()
     try:
         return args.handler(args)
     except UserError as error:

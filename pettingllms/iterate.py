@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pettingllms.config import Config
+from pettingllms.console import info
 from pettingllms.evaluation import EvalResult, evaluate, trained_agents, with_model
 from pettingllms.runfiles import RunFiles, write_json_atomic
 
@@ -63,7 +64,7 @@ class Iteration:
     def round_dirs(self, number: int) -> RoundDirs:
         return RoundDirs(self.root / f"round_{number}")
 
-    def run(self, log=print) -> dict[str, Any]:
+    def run(self, log=info) -> dict[str, Any]:
         """Every round (or until success stops improving); returns the iteration summary."""
         log(f"Evaluating the base model ({self.base_model}) on the test split...")
         base = self.evaluate_model(self.base_model, self.root / "base_eval", "base")
@@ -120,7 +121,7 @@ class Iteration:
         paths = [glob.escape(str(path)) for path in records if path.exists() and path.stat().st_size > 0]
         if not paths:
             kept = previous_model or self.base_model
-            print(f"Round {number}: no episode succeeded, nothing to train on; keeping {kept}.")
+            info(f"Round {number}: no episode succeeded, nothing to train on; keeping {kept}.")
             return kept, {"skipped": "no kept records"}
         if dirs.model.exists() and any(dirs.model.glob("checkpoint-*")):
             settings.resume_from_checkpoint, settings.overwrite = "last", False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 from pettingllms.collect.episode import AgentSlot, build_agent_slots, make_env, run_episode
 from pettingllms.collect.plan import EpisodePlan, EpisodeSpec, check_resume, run_identity
 from pettingllms.config import Config, to_dict
+from pettingllms.console import Progress
 from pettingllms.exceptions import ConfigError, DataError
 from pettingllms.jsonl import JsonlAppender, read_jsonl, split_torn_tail, write_jsonl_atomic
 from pettingllms.records import CollectionStats, Episode, Record, RecordFilter
@@ -155,7 +155,7 @@ class Collector:
         if not self.remaining:
             return
         queue = iter(todo)
-        progress = Progress(self.stats.episodes + self.remaining, initial=self.stats.episodes)
+        progress = CollectionProgress(self.stats.episodes + self.remaining, initial=self.stats.episodes)
         try:
             writer = EpisodeWriter(self, progress)
         except OSError as error:
@@ -221,7 +221,7 @@ def check_records_accounted(files: RunFiles, ledger_ids: set[str]) -> None:
 class EpisodeWriter:
     """Appends a finished episode: its records first, then its ledger line (the commit)."""
 
-    def __init__(self, collector: Collector, progress: Progress):
+    def __init__(self, collector: Collector, progress: CollectionProgress):
         self.collector, self.progress = collector, progress
         files = collector.files
         # Synced together by `write`, records first: never a ledger line on disk without its records.
@@ -248,7 +248,7 @@ class EpisodeWriter:
         if time.perf_counter() - self.last_stats > STATS_EVERY_S:
             collector.write_stats()
             self.last_stats = time.perf_counter()
-        self.progress.update(collector.stats)
+        self.progress.episode_done(collector.stats)
 
     def close(self) -> None:
         for appender in (self.records, self.ledger):
@@ -259,30 +259,15 @@ class EpisodeWriter:
                 pass  # a full disk: the write that failed has already said so, and a resume repairs the tail
 
 
-class Progress:
-    """A progress bar on stderr (tqdm), with the success rate and records kept so far."""
+class CollectionProgress(Progress):
+    """The episodes display, with the success rate and records kept so far."""
 
     def __init__(self, total: int, initial: int):
-        from tqdm import tqdm
+        super().__init__(total, "episodes", initial=initial, unit="ep")
 
-        disabled = os.environ.get("PETTINGLLMS_PROGRESS", "1") == "0"
-        self.bar = tqdm(
-            total=total,
-            initial=initial,
-            desc="episodes",
-            unit="ep",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            disable=disabled,
-        )
-
-    def update(self, stats: CollectionStats) -> None:
+    def episode_done(self, stats: CollectionStats) -> None:
         rate = stats.successful / stats.episodes if stats.episodes else 0.0
-        self.bar.set_postfix(success=f"{rate:.2f}", kept=stats.kept, errors=sum(stats.errors.values()), refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
+        self.update(1, success=f"{rate:.2f}", kept=stats.kept, errors=sum(stats.errors.values()))
 
 
 class TokenCounter:

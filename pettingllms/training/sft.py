@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pettingllms.config.sft import SFTSettings
+from pettingllms.console import info, is_main_process, print_table, quiet_libraries
 from pettingllms.exceptions import ConfigError, DataError, UserError
 from pettingllms.models import (
     adapter_base,
@@ -49,6 +49,7 @@ from pettingllms.training.data import (
     split_eval,
 )
 from pettingllms.training.outputs import SUMMARY_FILE, Output, claim_output
+from pettingllms.training.progress import training_progress_callback, training_summary_rows
 
 KEY = "training.sft_config"
 """Where the settings live on the command line; error messages name the keys under it."""
@@ -71,7 +72,7 @@ def run_training(
     settings = _as_settings(settings)
     records, report = select_records(read_records(data_paths), settings)
     eval_records = read_eval_records(settings)
-    _print_main(f"[pettingllms] {report.describe()}.")
+    info(f"{report.describe()}.")
     data_files = expand_paths(data_paths)
     sources = {"data_files": [str(path) for path in data_files], "selection": dataclasses.asdict(report)}
     models = _model_folders([settings.model_name_or_path, *(policy_models or {}).values()])
@@ -81,7 +82,7 @@ def run_training(
         return train_model(settings, records, eval_records, sources, output)
     summaries = {}
     for policy, group in group_by_policy(records).items():
-        _print_main(f"[pettingllms] Policy '{policy}': {len(group)} records.")
+        info(f"Policy '{policy}': {len(group)} records.")
         model = (policy_models or {}).get(policy) or settings.model_name_or_path
         policy_settings = dataclasses.replace(
             settings, output_dir=str(Path(settings.output_dir) / policy), model_name_or_path=model
@@ -155,7 +156,6 @@ def train_model(
     }
     if trainer.is_world_process_zero():
         summary["merged_model"] = _merge_if_asked(settings, model_path)
-        print(f"[pettingllms] Saved {'adapter' if settings.use_lora else 'model'} to {settings.output_dir}")
     summary["wall_time_s"] = round(time.monotonic() - started, 2)
     with output.writing():
         _write_main(Path(settings.output_dir) / SUMMARY_FILE, summary)
@@ -171,13 +171,13 @@ def load_training_model(settings: SFTSettings, model_path: str) -> Any:
     """
     base = adapter_base(find_model_dir(model_path))
     if settings.use_lora and base is not None:
-        _print_main(
-            f"[pettingllms] Continuing the LoRA adapter {model_path} on its base {base} "
+        info(
+            f"Continuing the LoRA adapter {model_path} on its base {base} "
             f"(its own rank and target modules; the {KEY}.lora_* settings do not apply)."
         )
     else:
         what = "LoRA adapter" if settings.use_lora else "full fine-tune"
-        _print_main(f"[pettingllms] Training {model_path} ({what}).")
+        info(f"Training {model_path} ({what}).")
     model = load_causal_lm(model_path, dtype="float32", trainable_adapter=settings.use_lora)
     choose_cpu_threads(model, settings.torch_threads)
     return model
@@ -201,8 +201,8 @@ def build_datasets(
             f"No samples left to train on: of {len(records)} records, {too_long} and "
             f"{dropped['empty_reply']} with an empty reply were dropped."
         )
-    _print_main(
-        f"[pettingllms] Dropped {too_long} and {dropped['empty_reply']} with an empty reply; "
+    info(
+        f"Dropped {too_long} and {dropped['empty_reply']} with an empty reply; "
         f"training on {len(samples)} samples, evaluating on {len(eval_samples)}."
     )
     return Dataset.from_list(samples), Dataset.from_list(eval_samples) if eval_samples else None, dropped
@@ -222,7 +222,7 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
     from peft.utils.error import NoMatchingPeftModuleError
 
     try:
-        return SFTTrainer(
+        trainer = SFTTrainer(
             model=model,
             args=config,
             train_dataset=train,
@@ -235,6 +235,13 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
         raise ConfigError(
             f"training.sft_config.lora_target_modules={settings.lora_target_modules!r}: {first_line(error)}"
         ) from None
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    # One display of ours instead of transformers' bar and its printer of raw log dicts.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(training_progress_callback())
+    return trainer
 
 
 # ---------------------------------------------------------------- configs
@@ -260,7 +267,10 @@ def build_sft_config(settings: SFTSettings, has_eval: bool, assistant_mask: bool
         bf16=settings.bf16 if settings.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         seed=settings.seed,
-        logging_steps=settings.logging_steps,
+        # Every step is logged, so training_summary.json has the whole loss curve (the display
+        # decides what to show); logging_steps sets how often a line is written to a log file.
+        logging_steps=1,
+        disable_tqdm=True,
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=settings.eval_steps if periodic_eval else None,
         save_steps=settings.save_steps,
@@ -355,7 +365,7 @@ def _merge_if_asked(settings: SFTSettings, model_path: str) -> str | None:
 
     base = base_model_of(model_path)  # a continued adapter merges into the base it names
     merged = merge_lora(base, settings.output_dir, str(Path(settings.output_dir) / "merged"), overwrite=True)
-    print(f"[pettingllms] Merged model saved to {merged}")
+    info(f"Merged model written to {merged}")
     return str(merged)
 
 
@@ -370,6 +380,7 @@ def count_label_tokens(dataset: Any) -> int:
 def describe_training(trainer: Any, result: Any, eval_loss: float | None) -> dict[str, Any]:
     """What a finished `trainer.train()` did: samples, trained tokens, losses, steps, processes."""
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    progress = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "curve")), None)
     final_loss = logged[-1] if logged else result.training_loss
     return {
         "train_samples": len(trainer.train_dataset),
@@ -385,17 +396,12 @@ def describe_training(trainer: Any, result: Any, eval_loss: float | None) -> dic
         "global_steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "world_size": trainer.args.world_size,
+        "loss_curve": progress.curve if progress is not None else [],
     }
 
 
 def _is_main_process() -> bool:
-    # Set by torchrun / accelerate; absent in a single process.
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _print_main(message: str) -> None:
-    if _is_main_process():
-        print(message, flush=True)
+    return is_main_process()
 
 
 def _write_main(path: Path, summary: dict[str, Any]) -> None:
@@ -444,12 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", action="append", required=True, help="data file or glob; repeat for more")
     parser.add_argument("overrides", nargs="*", help="SFTSettings fields as key=value, e.g. max_steps=10")
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         summary = run_training(settings_from_overrides(args.overrides), args.data)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    _print_main(f"[pettingllms] Summary: {Path(summary['output_dir']) / SUMMARY_FILE}")
+    if is_main_process():
+        print_table(training_summary_rows(summary), title="training")
+    info(f"Summary: {Path(summary['output_dir']) / SUMMARY_FILE}")
     return 0
 
 
