@@ -86,6 +86,7 @@ def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
     assert collecting_model([str(tmp_path / "elsewhere.jsonl")]) is None
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_stops_the_run_with_one_line_and_the_run_can_restart(tmp_path):
     import shutil
 

@@ -19,6 +19,7 @@ def run_collect(tmp_path, *overrides, name="run"):
     return collect(config)
 
 
+@pytest.mark.slow
 def test_expert_collection_writes_three_files_that_agree(tmp_path):
     result = run_collect(
         tmp_path, "env.name=sokoban", "policy=expert", "training.sft_num_episodes=50", "policy.error_rate=0.3"
@@ -49,6 +50,7 @@ def test_without_errors_every_episode_succeeds(tmp_path):
     assert result.stats["success_rate"] == 1.0 and result.stats["kept_records"] > 0
 
 
+@pytest.mark.slow
 def test_same_seed_and_config_give_the_same_episodes(tmp_path):
     first = run_collect(tmp_path, "policy=expert", "policy.error_rate=0.5", "training.sft_num_episodes=12", name="a")
     second = run_collect(
@@ -79,6 +81,7 @@ def test_train_and_test_splits_use_disjoint_seeds():
     assert not train & test
 
 
+@pytest.mark.slow
 def test_tiny_hf_model_collects_and_stats_say_nothing_succeeded(tmp_path):
     result = run_collect(
         tmp_path,

@@ -39,16 +39,25 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-@pytest.fixture
-def small_run(tmp_path) -> RunFiles:
-    config = load_config([*SOKOBAN, f"training.sft_data_dir={tmp_path / 'made'}", "training.run_name=ref"])
+@pytest.fixture(scope="module")
+def collected_once(tmp_path_factory) -> RunFiles:
+    folder = tmp_path_factory.mktemp("collected")
+    config = load_config([*SOKOBAN, f"training.sft_data_dir={folder}", "training.run_name=ref"])
     config.training.sft_num_episodes = 6
     return collect(config).files
+
+
+@pytest.fixture
+def small_run(collected_once, tmp_path) -> RunFiles:
+    """A fresh copy of a finished 6-episode run, for a test to damage as it likes."""
+    shutil.copytree(collected_once.directory, tmp_path / "made")
+    return RunFiles(tmp_path / "made", "ref")
 
 
 # -- files that are already there -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_records_file_without_its_rollouts_is_never_rewritten(small_run, tmp_path):
     """The README says data files move between machines: a records file copied alone must survive."""
     folder = tmp_path / "moved"
@@ -106,6 +115,7 @@ def test_a_turn_missing_its_trainable_flag_is_a_data_error(small_run):
 # -- names and sizes --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_data_folder_with_glob_characters_trains_on_its_own_run_only(tmp_path):
     """A run name is never a pattern: `r[1]` is refused, and a folder named `d[1]` is taken literally."""
     for name, folder in (("r1", "d1"), ("r1", "d[1]")):
@@ -146,6 +156,7 @@ def test_files_are_not_executable(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) & 0o111 == 0, path
 
 
+@pytest.mark.slow
 def test_the_zero_success_hint_speaks_of_models_only_when_a_model_played(tmp_path):
     result = run_cli(
         "collect", *SOKOBAN, "policy.error_rate=1", "training.sft_num_episodes=2", "training.sft_data_dir=data",
@@ -200,6 +211,7 @@ def math_over_openai(data_dir: Path, base_url: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retry", [True, False])
 def test_a_resume_plays_again_the_episodes_a_down_server_cost(tmp_path, retry):
     down = f"http://127.0.0.1:{free_port()}/v1"

@@ -24,6 +24,8 @@ from test_resume import (
 
 from pettingllms.runfiles import RunFiles
 
+pytestmark = pytest.mark.slow
+
 EPISODES = 16
 STOP_WITHIN_S = 15.0
 

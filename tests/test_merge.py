@@ -107,6 +107,7 @@ def test_missing_paths_are_one_line_errors(tiny_model, adapter, tmp_path):
         merge_lora(str(tmp_path / "no_base"), str(adapter), str(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_training_with_merge_lora_writes_a_merged_model(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -138,6 +138,7 @@ def test_a_broken_model_is_one_line(tiny_model, tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_training_never_imports_a_policy_backend_nor_heavy_libraries():
     code = (
         "import sys, pettingllms.training.sft, pettingllms.training.merge, pettingllms.models\n"

@@ -396,6 +396,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_collection_against_a_flaky_server_accounts_for_every_episode(tmp_path):
     with FaultyServer(failure_rate=0.3, seed=3, hang_s=10.0) as server:
         result = collect(

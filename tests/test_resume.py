@@ -156,6 +156,7 @@ def assert_same_collection(files: RunFiles, reference: RunFiles, episodes_wanted
 KILL_EPISODES = 40
 
 
+@pytest.mark.slow
 def test_killed_three_times_then_resumed_equals_an_uninterrupted_run(tmp_path):
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
     files, reference = RunFiles(killed_dir, "r"), RunFiles(reference_dir, "ref")
@@ -226,6 +227,7 @@ def copy_run(files: RunFiles, directory: Path) -> RunFiles:
 # -- (b) a torn last line ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torn_last_line_is_dropped_with_a_warning_and_its_episode_runs_again(finished_run, tmp_path, capsys):
     files = copy_run(finished_run, tmp_path / "run")
     lines = files.rollouts.read_bytes().splitlines(keepends=True)
@@ -350,6 +352,7 @@ def test_dedup_drops_repeated_records_and_counts_them(tmp_path):
     assert stats["removed"] == {"duplicate": turns - len(records)}
 
 
+@pytest.mark.slow
 def test_dedup_memory_survives_a_resume(tmp_path):
     fresh = collect_in_process(tmp_path / "fresh", "d", 9, *SAMPLED, "training.dedup=true")
     collect_in_process(tmp_path / "resumed", "d", 4, *SAMPLED, "training.dedup=true")
@@ -358,6 +361,7 @@ def test_dedup_memory_survives_a_resume(tmp_path):
     assert comparable_stats(resumed.stats) == comparable_stats(fresh.stats)
 
 
+@pytest.mark.slow
 def test_max_records_per_task_caps_and_counts(tmp_path):
     result = collect_in_process(tmp_path, "cap", 9, *SAMPLED, "training.max_records_per_task=3")
     episodes, records, stats = read_jsonl(result.files.rollouts), read_jsonl(result.files.records), result.stats

@@ -188,6 +188,7 @@ def test_program_dies_with_a_killed_collector():
     assert not is_running(program_pid)
 
 
+@pytest.mark.slow
 def test_fork_bomb_is_contained_and_other_runs_go_on():
     bomb = textwrap.dedent(
         """
