@@ -212,7 +212,8 @@ def test_any_policy_can_play_the_patient_and_the_patient_is_not_trainable_by_def
     assert info["valid"] is True and info["details"] == {"answer": "Not that I noticed, doctor."}
     assert "Patient: Not that I noticed, doctor." in env.observe("doctor")[-1]["content"]
     config = load_config(["env.name=consult_env", "policy=hf"])
-    assert config.agents["patient"].trainable is False and config.agents["patient"].policy == "simulator"
+    assert config.agents["patient"].policy == "simulator"
+    assert not config.trains("patient", ConsultEnv.non_trainable_agents) and config.trains("doctor", ("patient",))
     assert config.policies["simulator"].backend == "expert"
 
 
