@@ -338,14 +338,17 @@ def train_data_paths(config) -> list[str]:
     """`training.train_data_path` (files or globs: a list, or a string with commas), else the
     records of run `training.run_name`, else the newest collected file. A path made from a run
     name is escaped: a run name is a name, never a pattern."""
-    from pettingllms.runfiles import newest_records, run_records
+    from pettingllms.runfiles import newest_records, run_records, run_records_with_shards
 
     wanted = config.training.train_data_path
     if wanted:
         items = wanted.split(",") if isinstance(wanted, str) else wanted
         return [str(item).strip() for item in items if str(item).strip()]
     if config.training.run_name:
-        return [glob.escape(str(run_records(config.training.sft_data_dir, config.training.run_name)))]
+        found = run_records_with_shards(config.training.sft_data_dir, config.training.run_name)
+        # None yet: the run's own file, so that the error names the file that was expected.
+        found = found or [run_records(config.training.sft_data_dir, config.training.run_name)]
+        return [glob.escape(str(path)) for path in found]
     return [glob.escape(str(newest_records(config.training.sft_data_dir)))]
 
 

@@ -15,6 +15,7 @@ command line all ask it. `docs/data-format.md` describes what each file holds.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import re
@@ -31,6 +32,8 @@ from pettingllms.records import Episode, check_episode
 RECORDS_PREFIX = "sft_data_"
 ROLLOUTS_PREFIX = "rollouts_"
 EVAL_PREFIX = "eval_"
+SHARD = re.compile(r"\.shard-(\d+)-of-(\d+)\.jsonl")
+"""What follows a run name in the records file of one of its shards."""
 _UNSAFE_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
 """Path separators, glob characters and control characters (newlines): never in a run name."""
 
@@ -89,6 +92,21 @@ class RunFiles:
 def run_records(directory: Path | str, run_name: str) -> Path:
     """The records file of run `run_name` in `directory` (it may not exist yet)."""
     return RunFiles(Path(directory), run_name).records
+
+
+def shard_run_name(run_name: str, index: int, shards: int) -> str:
+    """The name under which shard `index` of `shards` writes run `run_name`'s files."""
+    return run_name if shards == 1 else f"{run_name}.shard-{index}-of-{shards}"
+
+
+def run_records_with_shards(directory: Path | str, run_name: str) -> list[Path]:
+    """The records of run `run_name`: its own file, else the files of its shards (in shard order)."""
+    own = run_records(directory, run_name)
+    if own.exists():
+        return [own]
+    shards = Path(directory).glob(glob.escape(f"{RECORDS_PREFIX}{run_name}.shard-") + "*-of-*.jsonl")
+    found = [path for path in shards if SHARD.fullmatch(path.name.removeprefix(RECORDS_PREFIX + run_name))]
+    return sorted(found, key=lambda path: int(SHARD.fullmatch(path.name.removeprefix(RECORDS_PREFIX + run_name))[1]))
 
 
 def newest_records(directory: Path | str) -> Path:

@@ -22,7 +22,14 @@ from pettingllms.console import Progress
 from pettingllms.exceptions import ConfigError, DataError
 from pettingllms.jsonl import JsonlAppender, read_jsonl, split_torn_tail, write_jsonl_atomic
 from pettingllms.records import CollectionStats, Episode, Record, RecordFilter
-from pettingllms.runfiles import RunFiles, default_run_name, lock_run, read_ledger, write_json_atomic
+from pettingllms.runfiles import (
+    RunFiles,
+    default_run_name,
+    lock_run,
+    read_ledger,
+    shard_run_name,
+    write_json_atomic,
+)
 
 STATS_EVERY_S = 5.0
 FSYNC_EVERY = 16
@@ -56,7 +63,11 @@ class Collector:
         directory = Path(config.training.sft_data_dir)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            run_name = config.training.run_name or default_run_name(directory)
+            training = config.training
+            if training.run_name:
+                run_name = shard_run_name(training.run_name, training.shard_index, training.num_shards)
+            else:
+                run_name = default_run_name(directory)
             self.files = RunFiles(directory, run_name)
             self.new_run = not self.files.rollouts.exists() or self.files.rollouts.stat().st_size == 0
             self._lock = lock_run(self.files)

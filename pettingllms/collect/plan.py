@@ -1,6 +1,8 @@
 """Which episodes a run plays, and which settings a resumed run must share with its files.
 
-Episode i of a run is task i // num_samples_per_task, sample i % num_samples_per_task. The
+Episode i of a run is task i // num_samples_per_task, sample i % num_samples_per_task; with
+`training.num_shards=n`, shard k plays the episodes i with i % n == k, so n collectors together
+play exactly the episodes of the unsharded run, each in files of its own. The
 plan is computed on demand (a run of a million episodes is not a million objects), and the
 same config always gives the same plan, so a resumed run knows exactly what is left.
 """
@@ -43,6 +45,7 @@ class EpisodePlan:
         self.env_name = envs.resolve_name(config.env.name)
         self.split = config.env.split
         self.size = training.sft_num_episodes
+        self.shard, self.shards = training.shard_index, training.num_shards
         self.samples = training.num_samples_per_task
         self.first_task = training.seed
         tasks = -(-self.size // self.samples)
@@ -53,10 +56,11 @@ class EpisodePlan:
             )
 
     def __len__(self) -> int:
-        return self.size
+        return len(range(self.shard, self.size, self.shards))
 
     def __iter__(self) -> Iterator[EpisodeSpec]:
-        return (self.spec(index) for index in range(self.size))
+        """This shard's episodes: every `num_shards`-th one, so the shards together play the whole plan."""
+        return (self.spec(index) for index in range(self.shard, self.size, self.shards))
 
     def spec(self, index: int) -> EpisodeSpec:
         env_idx, rollout_idx = divmod(index, self.samples)
@@ -68,7 +72,8 @@ class EpisodePlan:
         """Whether a finished episode (from a ledger) is one of this plan's."""
         index = episode["env_idx"] * self.samples + episode["rollout_idx"]
         in_range = 0 <= episode["rollout_idx"] < self.samples and 0 <= index < self.size
-        return in_range and self.spec(index).episode_id == episode["episode_id"]
+        mine = index % self.shards == self.shard
+        return in_range and mine and self.spec(index).episode_id == episode["episode_id"]
 
 
 GUARDED_KEYS = (

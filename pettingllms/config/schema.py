@@ -169,6 +169,12 @@ class TrainingConfig:
     run_name: str | None = _help("Name of the collection run (default: start time); the same name resumes it.")
     num_samples_per_task: int = _help("Rollouts per task (episode i is task i // n, sample i % n).", 1)
     rollout_concurrency: int = _help("Most episodes in flight at once.", 16)
+    num_shards: int = _help(
+        "Split the run's episodes over this many collectors (a Slurm array, an indexed Job); each writes "
+        "the run's files under its own name <run_name>.shard-<i>-of-<n>.",
+        1,
+    )
+    shard_index: int = _help("Which shard this collector plays: 0 .. num_shards - 1.", 0)
     seed: int = _help("First task seed (>= 0); task k uses seed + k (plus the split's offset).", 0)
     dedup: bool = _help("Drop a record whose (agent, prompt, response) was already kept.", False)
     max_records_per_task: int | None = _help("Keep at most this many records per task.")
@@ -196,6 +202,12 @@ class TrainingConfig:
         )
         for name in ("num_samples_per_task", "rollout_concurrency"):
             require(getattr(self, name) > 0, f"{key}.{name}", getattr(self, name), "an integer > 0")
+        require(self.num_shards > 0, f"{key}.num_shards", self.num_shards, "an integer > 0")
+        require(
+            0 <= self.shard_index < self.num_shards, f"{key}.shard_index", self.shard_index, f"0..{self.num_shards - 1}"
+        )
+        if self.num_shards > 1 and self.run_name is None:
+            require(False, f"{key}.run_name", None, "a name shared by every shard when training.num_shards > 1")
         require(self.collect_mode in ("env", "agent"), f"{key}.collect_mode", self.collect_mode, "'env' or 'agent'")
         require(self.seed >= 0, f"{key}.seed", self.seed, "an integer >= 0")
         if self.max_records_per_task is not None:
