@@ -23,7 +23,7 @@ from typing import Any
 from pettingllms.config import Config
 from pettingllms.console import info
 from pettingllms.evaluation import EvalResult, evaluate, trained_agents, with_model
-from pettingllms.runfiles import RunFiles, write_json_atomic
+from pettingllms.runfiles import RunFiles, read_json_object, write_json_atomic
 
 SUMMARY_FILE = "iterate_summary.json"
 TRAINING_SUMMARY = "training_summary.json"
@@ -109,7 +109,7 @@ class Iteration:
         """Train this round's model (or find it trained); with no record to learn from, keep the previous one."""
         from pettingllms.training.sft import run_training
 
-        finished = read_json(dirs.model / TRAINING_SUMMARY)
+        finished = read_json_object(dirs.model / TRAINING_SUMMARY)
         if finished is not None:
             return str(dirs.model), finished
         settings = copy.deepcopy(self.config.training.sft_config)
@@ -168,13 +168,3 @@ def round_row(
         "eval_success_rate": evaluation["success_rate"],
         "eval_interval_95": evaluation["success_interval_95"],
     }
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None

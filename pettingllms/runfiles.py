@@ -123,13 +123,18 @@ def newest_records(directory: Path | str) -> Path:
     return max(candidates, key=lambda path: path.stat().st_mtime)
 
 
-def read_run_config(files: RunFiles) -> dict[str, Any] | None:
-    """The saved `_config.json` of a run, or None when it is missing or unreadable."""
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when the file is missing, unreadable or holds something else."""
     try:
-        content = json.loads(files.config.read_text())
+        content = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return content if isinstance(content, dict) else None
+
+
+def read_run_config(files: RunFiles) -> dict[str, Any] | None:
+    """The saved `_config.json` of a run, or None when it is missing or unreadable."""
+    return read_json_object(files.config)
 
 
 def default_run_name(directory: Path) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from pettingllms.exceptions import DataError
 from pettingllms.records import CollectionStats, Episode, RecordFilter, summarize_lengths
 from pettingllms.run_summary import RunSummary, kept_turns, summarize_episodes, summarize_records
-from pettingllms.runfiles import RunFiles, read_ledger, read_run_config
+from pettingllms.runfiles import RunFiles, read_json_object, read_ledger, read_run_config
 
 
 def default_data_dir() -> str:
@@ -135,11 +135,7 @@ def run_filter(config: dict[str, Any] | None) -> RecordFilter:
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when it is missing or not one."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
+    return read_json_object(path) or {}
 
 
 # ---------------------------------------------------------------- the command

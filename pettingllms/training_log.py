@@ -14,14 +14,13 @@ curve. `pettingllms run` adds to the summary the evaluations of the model before
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pettingllms.exceptions import DataError
-from pettingllms.runfiles import RunFiles
+from pettingllms.runfiles import RunFiles, read_json_object
 from pettingllms.training.outputs import SUMMARY_FILE
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -143,8 +142,4 @@ def _is_evaluation(summary: Any) -> bool:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when it is missing or not one."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
+    return read_json_object(path) or {}

@@ -8,7 +8,6 @@ the ledger, and nothing is lost or duplicated. `docs/data-format.md` describes t
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -26,6 +25,7 @@ from pettingllms.runfiles import (
     RunFiles,
     default_run_name,
     lock_run,
+    read_json_object,
     read_ledger,
     shard_run_name,
     write_json_atomic,
@@ -132,10 +132,7 @@ class Collector:
             raise write_failure(self.files.records, error) from None
 
     def _read_previous_stats(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.files.stats.read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json_object(self.files.stats)
 
     def _save_config(self) -> None:
         content = {"identity": run_identity(self.config), "config": to_dict(self.config)}
