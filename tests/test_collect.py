@@ -218,3 +218,26 @@ def test_a_settings_mistake_is_reported_before_any_file_is_written(tmp_path):
     with pytest.raises(ConfigError):
         run_collect(tmp_path / "data", "policy=expert", "env.kwargs.bogus=1")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env", ["search_env", "search_single_agent", "consult_env", "consult_single_agent", "stateful_env sudoku"]
+)
+def test_the_newer_envs_write_files_that_agree_like_the_others(tmp_path, env):
+    name, _, benchmark = env.partition(" ")
+    overrides = [f"env.name={name}", "policy=expert", "training.sft_num_episodes=12", "policy.error_rate=0.5"]
+    if benchmark:
+        overrides.append(f"env.benchmark={benchmark}")
+    result = run_collect(tmp_path, *overrides)
+    records, episodes = read_jsonl(result.files.records), read_jsonl(result.files.rollouts)
+    stats = json.loads(result.files.stats.read_text())
+    assert len(episodes) == stats["total_episodes"] == 12 and stats["env_name"] == (benchmark or name)
+    successful = [e for e in episodes if e["success"]]
+    assert 0 < len(successful) < 12, "error_rate=0.5 must give both outcomes"
+    trained = [t for e in successful for t in e["turns"] if t["trainable"]]
+    assert stats["kept_records"] == len(records) == len(trained) > 0
+    assert {r["metadata"]["episode_id"] for r in records} == {e["episode_id"] for e in successful}
+    for agent, counts in stats["per_agent"].items():
+        assert counts["kept"] == sum(r["metadata"]["agent_name"] == agent for r in records)
+        assert counts["collected"] == sum(t["agent"] == agent for e in episodes for t in e["turns"])
