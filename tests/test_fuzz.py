@@ -119,7 +119,6 @@ reply_text = st.one_of(
 # -- the pure parsers ------------------------------------------------------------------
 
 
-@pytest.mark.slow  # ~3 s on 2 cores: 200 examples through every planning parser
 @FUZZ
 @given(reply_text)
 def test_planning_parsers_raise_only_reply_parse_error(text):
@@ -205,6 +204,10 @@ def env_agent_cases():
     return cases
 
 
+# Slow: 200 examples per agent of every registered env, 1-10 s each on 2 cores (the math agents
+# verify every printed answer), so the whole test grows with the registry. The fast suite keeps
+# the parser tests above and tests/test_registry.py's hostile replies to every agent.
+@pytest.mark.slow
 @pytest.mark.parametrize("name, position", env_agent_cases())
 def test_env_step_never_raises_on_any_reply(name, position, fast_sandbox, stdio_tasks):
     if name == "code_env:stdio":

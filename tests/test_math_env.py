@@ -92,6 +92,7 @@ def test_math_verify_rejects_wrong_answers(gold, answer):
     assert not answers_match(gold, answer)
 
 
+@pytest.mark.slow  # waits out its 3 s verification time limit
 def test_verification_never_hangs_even_off_the_main_thread():
     """math-verify's own time-out is a signal alarm, which only works in the main thread."""
     outcome = {}
@@ -148,6 +149,7 @@ def test_generated_problems_are_seeded_and_splits_differ():
         generate_problem(0, "validation")
 
 
+@pytest.mark.slow  # ~3 s on 2 cores: 1,000 math-verify calls
 def test_wrong_answers_are_rejected_for_500_problems():
     for index in range(500):
         task = generate_problem(index)
@@ -290,22 +292,26 @@ def test_invalid_replies_are_invalid_actions():
 
 
 @pytest.mark.parametrize(
-    "code, why",
+    "code, timeout_s, why",
     [
-        ("while True:\n    pass", lambda run: run["timed_out"]),
+        ("while True:\n    pass", 2.0, lambda run: run["timed_out"]),
+        # The others stop by themselves; a generous time limit keeps a loaded machine from
+        # timing them out before they reach the limit under test.
         (
             "import sys\nwhile True:\n    sys.stdout.write('9' * 65536)",
+            30.0,
             lambda run: run["stopped_for"] == "output_limit",
         ),
         (
             "blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 26))",
+            30.0,
             lambda run: "MemoryError" in run["stderr_tail"],
         ),
-        ("raise SystemExit(3)", lambda run: run["returncode"] == 3),
+        ("raise SystemExit(3)", 30.0, lambda run: run["returncode"] == 3),
     ],
 )
-def test_a_failing_tool_program_gives_no_answer_and_says_why(code, why):
-    env = pettingllms.make("math_env", max_turns=1, timeout_s=2.0)
+def test_a_failing_tool_program_gives_no_answer_and_says_why(code, timeout_s, why):
+    env = pettingllms.make("math_env", max_turns=1, timeout_s=timeout_s)
     env.reset(options={"task_index": 0})
     env.step(env.expert_reply())
     _, reward, terminated, truncated, info = env.step(program(code))

@@ -22,6 +22,17 @@ def run_cli(*args, cwd, env=None):
     )
 
 
+def run_script(name, *args, cwd, env):
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "sft_train" / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+
+
 @pytest.mark.slow
 def test_quick_test_runs_the_whole_flow_and_prints_the_summary(tmp_path):
     result = run_cli("quick-test", cwd=tmp_path)
@@ -60,7 +71,7 @@ def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
     )  # newest sft_data_*.jsonl
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
-    assert summary["data_files"] == ["data/sft_data_r1.jsonl"] or summary["data_files"][0].endswith("sft_data_r1.jsonl")
+    assert summary["data_files"] == ["data/sft_data_r1.jsonl"]  # the newest file, as found under training.sft_data_dir
 
     import torch
     from peft import PeftModel
@@ -89,6 +100,7 @@ def test_collect_then_train_only_gives_an_adapter_that_loads(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow  # a CLI subprocess that collects: ~5 s on 2 cores
 def test_run_with_training_off_only_collects(tmp_path):
     result = run_cli(
         "run",
@@ -110,6 +122,20 @@ def test_train_without_any_data_says_what_to_do(tmp_path):
     assert "No training data" in result.stderr and "training.train_data_path" in result.stderr
 
 
+def test_every_script_is_valid_bash_and_its_header_names_its_folders():
+    """Cheap cover for the fast suite; the tests below run the scripts."""
+    scripts = sorted((REPO / "scripts").rglob("*.sh"))
+    for script in scripts:
+        checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert checked.returncode == 0, f"{script.name}: {checked.stderr}"
+    for script in scripts:
+        task = script.name.split("_")[0]
+        if task in ("code", "math"):
+            header = script.read_text().split("source ")[0]
+            assert f"./sft_data_{task}" in header, f"{script.name} must say where its data goes"
+
+
+@pytest.mark.slow  # a CLI subprocess that collects: ~5 s on 2 cores
 def test_collect_only_script_writes_data(tmp_path):
     env = {
         "POLICY": "expert",
@@ -117,13 +143,7 @@ def test_collect_only_script_writes_data(tmp_path):
         "RUN_NAME": "scripted",
         "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms"),
     }
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts/sft_train/math_sft_collect_only.sh"), f"training.sft_data_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=600,
-    )
+    result = run_script("math_sft_collect_only.sh", f"training.sft_data_dir={tmp_path}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((tmp_path / "sft_data_scripted_stats.json").read_text())
     assert stats["env_name"] == "math_env" and stats["total_episodes"] == 2
@@ -133,24 +153,35 @@ def test_collect_only_script_writes_data(tmp_path):
 def test_collect_and_train_script_trains_on_the_run_it_collected(tmp_path):
     """Default RUN_NAME is a timestamp: it must stay text (not become a number) end to end."""
     env = {"POLICY": "expert", "NUM_EPISODES": "2", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
-    result = subprocess.run(
-        [
-            "bash",
-            str(REPO / "scripts/sft_train/code_sft_collect_and_train.sh"),
-            f"training.sft_data_dir={tmp_path / 'data'}",
-            "training.sft_config.max_steps=1",
-            f"training.sft_config.output_dir={tmp_path / 'model'}",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=600,
+    result = run_script(
+        "code_sft_collect_and_train.sh",
+        f"training.sft_data_dir={tmp_path / 'data'}",
+        "training.sft_config.max_steps=1",
+        f"training.sft_config.output_dir={tmp_path / 'model'}",
+        cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = list((tmp_path / "data").glob("sft_data_*.jsonl"))
     assert len(records) == 1 and "_" in records[0].stem.removeprefix("sft_data_")
     summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
     assert summary["data_files"] == [str(records[0])]
+
+
+@pytest.mark.slow
+def test_code_scripts_collect_into_and_train_from_the_seed_folders(tmp_path):
+    """The seed's layout, relative to where the scripts run: data in ./sft_data_code, the model in ./sft_model_code."""
+    env = {"POLICY": "expert", "NUM_EPISODES": "2", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
+    collected = run_script("code_sft_collect_only.sh", cwd=tmp_path, env=env)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    (stats_file,) = (tmp_path / "sft_data_code").glob("sft_data_*_stats.json")
+    assert json.loads(stats_file.read_text())["total_episodes"] == 2
+
+    trained = run_script("code_sft_train_only.sh", "training.sft_config.max_steps=1", cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads((tmp_path / "sft_model_code" / "training_summary.json").read_text())
+    assert summary["data_files"] == [str(Path("sft_data_code") / stats_file.name.replace("_stats.json", ".jsonl"))]
+    assert (tmp_path / "sft_model_code" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow

@@ -4,9 +4,10 @@
     check_env("sokoban")            # raises AssertionError saying what broke
 
 It checks the API (agents, observations, infos), determinism under a seed, that model
-garbage is an invalid action and never an exception, that episodes end within their turn
-budget, and that the expert solves seeds (and its wrong play does not). The test-suite runs
-it over every registered id, so a new environment is tested the moment it is registered.
+garbage is an invalid action that says why (and never an exception), that the expert's
+replies are valid, that episodes end within their turn budget, and that the expert solves
+seeds (and its wrong play does not). The test-suite runs it over every registered id, so a
+new environment is tested the moment it is registered.
 """
 
 from __future__ import annotations
@@ -15,19 +16,35 @@ from typing import Any
 
 from pettingllms.envs import make
 
-HOSTILE_REPLIES = (
+NEVER_VALID_REPLIES = (
     "",
     "   \n\t ",
     "I don't know.",
-    "```python\n",
-    "```python\nwhile True: pass\n```",
-    "\\boxed{",
-    "Actions: [",
+    "```python\n",  # a fence opened and never closed
+    "```python\n```",  # an empty program
+    "\\boxed{",  # an answer begun and never finished
+    "\\boxed{}",  # an empty answer
+    "Actions: [",  # a plan begun and never finished
+    "Actions: []",  # an empty plan
     "<answer></answer>",
-    "\x00\x01\x02 \ud800",
+    "\x00\x01\x02 \ud800",  # control characters and a lone surrogate
     "a" * 50_000,
-    "```\n" * 500,
+    "```\n" * 500,  # fences with no language and nothing in them
 )
+"""Replies that are no action in any environment: no answer in any format, or one begun and
+never finished, or an empty one. Every env must call them invalid (`valid=False`) and say why
+(a non-empty `parse_error`); an env that accepts one would put garbage in the training data."""
+
+MUST_NOT_CRASH_REPLIES = (
+    "```python\nwhile True: pass\n```",
+    "```python\nraise SystemExit(3)\n```",
+)
+"""Replies that are garbage for most agents but a well-formed action for some: to an agent that
+writes programs, a fenced program that loops forever or exits with an error is a valid reply
+(it parses, then times out or fails when run). An env may accept or refuse them, but must
+neither raise nor leave `valid` and `parse_error` disagreeing."""
+
+HOSTILE_REPLIES = NEVER_VALID_REPLIES + MUST_NOT_CRASH_REPLIES
 
 
 def check_env(name: str, expert_seeds: range = range(5), **kwargs: Any) -> None:
@@ -66,7 +83,9 @@ def play(env, seed: int, reply_for) -> tuple[list[Any], dict[str, Any]]:
     obs, info = env.reset(seed=seed, options={"task_index": seed})
     trace = [(obs, _comparable(info))]
     for _ in range(env.max_turns * len(env.possible_agents) + 1):
-        obs, reward, terminated, truncated, info = env.step(reply_for(env))
+        agent, reply = env.agent_selection, reply_for(env)
+        obs, reward, terminated, truncated, info = env.step(reply)
+        check_verdict(info, agent, reply)
         trace.append((obs, reward, terminated, truncated, _comparable(info)))
         if terminated or truncated:
             return trace, info
@@ -79,6 +98,16 @@ def _comparable(info: dict[str, Any]) -> dict[str, Any]:
     return {**info, "details": details}
 
 
+def check_verdict(info: dict[str, Any], agent: str, reply: str) -> None:
+    """A valid action has no parse_error; an invalid one says why."""
+    error = info["parse_error"]
+    if info["valid"] is True:
+        assert error is None, f"{agent} accepted {reply!r:.60} but set parse_error={error!r}"
+    else:
+        assert info["valid"] is False, f"valid must be True or False, got {info['valid']!r}"
+        assert isinstance(error, str) and error.strip(), f"{agent} refused {reply!r:.60} without saying why ({error!r})"
+
+
 def check_determinism(env) -> None:
     reply = (lambda e: e.expert_reply()) if env.has_expert else (lambda e: "I don't know.")
     first, _ = play(env, 3, reply)
@@ -86,14 +115,31 @@ def check_determinism(env) -> None:
     assert first == second, "the same seed and replies must give the same episode"
 
 
-def check_invalid_replies(env) -> None:
-    for text in HOSTILE_REPLIES:
-        env.reset(seed=1)
-        obs, reward, terminated, truncated, info = env.step(text)
-        assert isinstance(reward, float)
-        assert info["valid"] is False or info["parse_error"] is None, "parse_error set on a valid action"
-        if not (terminated or truncated):
-            check_messages(obs)
+def check_invalid_replies(env, replies: tuple[str, ...] = HOSTILE_REPLIES) -> None:
+    """Every agent answers each of `replies` on its first turn: never an exception, the garbage in
+    NEVER_VALID_REPLIES is an invalid action, and every verdict is consistent (`check_verdict`)."""
+    for agent in env.possible_agents:
+        for text in replies:
+            if not _reach_turn_of(env, agent):
+                break
+            obs, reward, terminated, truncated, info = env.step(text)
+            assert isinstance(reward, float)
+            if text in NEVER_VALID_REPLIES:
+                assert info["valid"] is False, f"{agent} accepted {text!r:.60}: garbage must be an invalid action"
+            check_verdict(info, agent, text)
+            if not (terminated or truncated):
+                check_messages(obs)
+
+
+def _reach_turn_of(env, agent: str) -> bool:
+    """Reset to seed 1 and let the agents before `agent` answer "I don't know." (cheap: no
+    program runs); False if that ends the episode first."""
+    env.reset(seed=1)
+    while env.agent_selection != agent:
+        _, _, terminated, truncated, _ = env.step("I don't know.")
+        if terminated or truncated:
+            return False
+    return True
 
 
 def check_turn_budget(env) -> None:
@@ -105,7 +151,9 @@ def check_turn_budget(env) -> None:
 
 def check_expert(env, seeds: range) -> None:
     for seed in seeds:
-        _, info = play(env, seed, lambda e: e.expert_reply())
+        trace, info = play(env, seed, lambda e: e.expert_reply())
         assert info["success"] is True, f"the expert failed seed {seed}"
+        invalid = [step[4]["parse_error"] for step in trace[1:] if not step[4]["valid"]]
+        assert not invalid, f"the expert's replies on seed {seed} were called invalid: {invalid}"
         _, info = play(env, seed, lambda e: e.expert_reply(wrong=True))
         assert info["success"] is False, f"the wrong expert solved seed {seed}"
