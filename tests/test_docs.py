@@ -191,3 +191,15 @@ def test_examples_have_the_fields_of_the_real_files(run):
     assert set(saved) == table("Config file fields")
     assert set(saved["identity"]) == table("Identity fields")
     assert set(saved["config"]) == set(run["config"]["config"])
+
+
+def test_every_test_the_readme_names_exists():
+    """The README's reliability promises each name the test that checks them: those tests must exist."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    named = re.findall(r"(tests/test_\w+\.py)?::(test_\w+)", readme)
+    assert len(named) >= 10
+    current = None
+    for file, test in named:
+        current = file or current
+        source = (Path(__file__).resolve().parent.parent / current).read_text()
+        assert f"def {test}(" in source, f"README names {current}::{test}, which does not exist"
