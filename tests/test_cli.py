@@ -47,6 +47,7 @@ def test_keys_lists_keys_with_help():
         (["collect", "--config-name", "nope"], "--config-name nope: there is no"),
     ],
 )
+@pytest.mark.slow
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     result = run_cli(*args, f"training.sft_data_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -112,6 +113,7 @@ def test_a_model_that_cannot_load_stops_the_run_with_one_line_and_the_run_can_re
     assert "2 episodes" in fixed.stdout
 
 
+@pytest.mark.slow
 def test_keys_filters_by_prefix_and_marks_backend_only_keys():
     result = run_cli("keys", "policy.")
     assert result.returncode == 0, result.stderr
@@ -122,6 +124,7 @@ def test_keys_filters_by_prefix_and_marks_backend_only_keys():
     assert nothing.returncode == 2 and "No config key starts with 'polcy'" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_hydra_style_config_path_and_name_select_a_preset(tmp_path):
     presets = tmp_path / "my_env"
     presets.mkdir()

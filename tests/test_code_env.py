@@ -206,6 +206,7 @@ def test_expert_solves_all_164_humaneval_problems_and_wrong_programs_fail():
     assert passed == list(range(164, 328)), "the harness itself works: every reference passes in it too"
 
 
+@pytest.mark.slow
 def test_wrong_expert_fails_and_the_episode_runs_its_turn_budget():
     env = pettingllms.make("code_env", max_turns=2)
     for index in (0, 12, 57):
@@ -235,6 +236,7 @@ def test_agents_see_each_others_work_and_its_results():
     assert "pettingllms_sandbox_" not in obs[1]["content"], "random sandbox paths are scrubbed"
 
 
+@pytest.mark.slow
 def test_stdio_expert_and_wrong_expert(stdio_file):
     env = pettingllms.make("code_env", dataset=stdio_file)
     for index in (0, 1):
@@ -250,6 +252,7 @@ def test_stdio_expert_and_wrong_expert(stdio_file):
     assert terminated and info["success"] is True and info["agent_success"]["test_generator"] is True
 
 
+@pytest.mark.slow
 def test_single_agent_variant_sees_only_pass_or_fail(stdio_file):
     env = pettingllms.make("code_single_agent", dataset=stdio_file, max_turns=3)
     assert env.possible_agents == ("code_generator",)
@@ -375,6 +378,7 @@ def test_hostile_solutions_fail_cleanly_with_the_reason_logged(tmp_path, monkeyp
     assert info["success"] is True
 
 
+@pytest.mark.slow
 def test_a_looping_humaneval_solution_times_out():
     env = pettingllms.make("code_env", timeout_s=2.0)
     env.reset(seed=0, options={"task_index": 0})
@@ -401,6 +405,7 @@ def test_shuffle_is_a_seeded_permutation():
     assert shuffled != walk(pettingllms.make("code_env", shuffle=True, shuffle_seed=1))
 
 
+@pytest.mark.slow
 def test_same_seed_same_episode():
     def run(seed):
         env = pettingllms.make("code_env")

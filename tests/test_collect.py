@@ -45,6 +45,7 @@ def test_expert_collection_writes_three_files_that_agree(tmp_path):
     assert stats["kept_record_tokens"]["max"] == max(lengths) > 50
 
 
+@pytest.mark.slow
 def test_without_errors_every_episode_succeeds(tmp_path):
     result = run_collect(tmp_path, "env.name=plan_path", "policy=expert", "training.sft_num_episodes=12")
     assert result.stats["success_rate"] == 1.0 and result.stats["kept_records"] > 0
@@ -99,6 +100,7 @@ def test_tiny_hf_model_collects_and_stats_say_nothing_succeeded(tmp_path):
     assert result.stats["usage"]["completion_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_non_trainable_agent_and_role_specialized_policies(tmp_path):
     result = run_collect(
         tmp_path,
@@ -145,6 +147,7 @@ def test_an_exception_inside_an_env_costs_one_episode_not_the_run(capsys):
     assert "broken-0-0 failed inside the environment" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_policy_or_fewer_episodes(tmp_path):
     from pettingllms.exceptions import ConfigError, ResumeMismatchError
 

@@ -73,6 +73,7 @@ def test_a_records_file_without_its_rollouts_is_never_rewritten(small_run, tmp_p
     assert (folder / small_run.records.name).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_crash_between_records_and_ledger_is_still_repaired(small_run, tmp_path):
     """Our own writes leave at most one episode's records ahead of the ledger: that one is dropped on resume."""
     ledger = small_run.rollouts.read_bytes().splitlines(keepends=True)

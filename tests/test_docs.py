@@ -130,6 +130,7 @@ def test_every_file_of_a_run_is_described():
         example_of(path.name)
 
 
+@pytest.mark.slow
 def test_record_fields_match_the_real_records_file(run):
     records = run["records"]
     assert keys_of(records) == table("Record fields")

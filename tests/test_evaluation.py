@@ -77,6 +77,7 @@ def test_an_env_without_a_test_split_is_refused():
         evaluate(load_config(["env.name=code_env", "policy=expert", "eval.num_episodes=2"]))
 
 
+@pytest.mark.slow
 def test_a_model_that_only_writes_invalid_actions_scores_zero_and_says_so(tmp_path):
     settings = ["env.name=sokoban", "env.max_turns=1", "policy.max_tokens=4", "eval.num_episodes=3"]
     config = load_config([*settings, f"eval.output_dir={tmp_path}"])
@@ -86,6 +87,7 @@ def test_a_model_that_only_writes_invalid_actions_scores_zero_and_says_so(tmp_pa
     assert summary["policies"]["planner"] == {"policy": "shared_model", "backend": "hf", "model": "tiny built-in model"}
 
 
+@pytest.mark.slow
 def test_an_evaluation_resumes_and_pass_at_k_needs_samples(tmp_path):
     base = ["env.name=sudoku", "policy=expert", "policy.error_rate=0.5", "eval.num_samples_per_task=3"]
     base += [f"eval.output_dir={tmp_path}", "eval.run_name=ev"]

@@ -121,6 +121,7 @@ reply_text = st.one_of(
 
 @FUZZ
 @given(reply_text)
+@pytest.mark.slow
 def test_planning_parsers_raise_only_reply_parse_error(text):
     for parse in (
         extract_python_block,
@@ -155,6 +156,7 @@ def test_grid_parser_gives_a_full_grid_or_an_error(text):
 
 @FUZZ
 @given(reply_text)
+@pytest.mark.slow
 def test_code_and_math_parsers_return_text_or_none(text):
     code = extract_code(text)
     assert code is None or (isinstance(code, str) and code.strip())
@@ -281,6 +283,7 @@ jsonl_bytes = st.one_of(
 @example(data=b"1" * 5000)
 @example(data=b"[" * 100_000)
 @example(data=b'{"prompt": 5, "response": "x"}')
+@pytest.mark.slow
 def test_read_records_returns_records_or_raises_data_error(tmp_path, data):
     path = tmp_path / "data.jsonl"
     path.write_bytes(data)
@@ -319,6 +322,7 @@ ledger_bytes = st.one_of(
 @example(data=b"null\n")
 @example(data=b"{}\n")
 @example(data=b'{"episode_id": [1]}\n')
+@pytest.mark.slow
 def test_read_ledger_returns_episodes_or_raises_data_error(tmp_path, data):
     path = tmp_path / "rollouts_fuzz.jsonl"
     path.write_bytes(data)

@@ -78,6 +78,7 @@ async def gather_replies(policy: HFPolicy, requests: list[GenerationRequest]) ->
     return await asyncio.gather(*(policy.generate(request) for request in requests), return_exceptions=True)
 
 
+@pytest.mark.slow
 def test_generate_returns_text_and_the_prompt_it_saw(tiny_dir):
     policy = HFPolicy(model_path=tiny_dir, device="cpu")  # loads lazily, in a thread
     generation = asyncio.run(policy.generate(ask("Push the box.", temperature=0)))
@@ -205,6 +206,7 @@ def test_a_cached_hub_id_loads_from_its_snapshot_folder(tiny_dir, tmp_path, monk
         HFPolicy(model_path="tiny-org/not-downloaded")
 
 
+@pytest.mark.slow
 def test_a_lora_adapter_folder_is_loaded_on_its_base_model(tmp_path):
     """`policy.model_path=<output of pettingllms train>` collects with the fine-tuned model."""
     import torch

@@ -72,6 +72,7 @@ def program(code):
         ("72", "72"),
     ],
 )
+@pytest.mark.slow
 def test_math_verify_accepts_equivalent_forms(gold, answer):
     assert answers_match(gold, answer)
 
@@ -310,6 +311,7 @@ def test_invalid_replies_are_invalid_actions():
         ("raise SystemExit(3)", 30.0, lambda run: run["returncode"] == 3),
     ],
 )
+@pytest.mark.slow
 def test_a_failing_tool_program_gives_no_answer_and_says_why(code, timeout_s, why):
     env = pettingllms.make("math_env", max_turns=1, timeout_s=timeout_s)
     env.reset(options={"task_index": 0})

@@ -116,6 +116,7 @@ def test_run_with_training_off_only_collects(tmp_path):
     assert list((tmp_path / "data").glob("sft_data_*.jsonl")) and not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_train_without_any_data_says_what_to_do(tmp_path):
     result = run_cli("train", "training.sft_data_dir=empty", cwd=tmp_path)
     assert result.returncode == 2

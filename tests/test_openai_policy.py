@@ -90,6 +90,7 @@ def test_transient_failures_are_retried_until_success():
         ("bad_gzip", "bad_response"),
     ],
 )
+@pytest.mark.slow
 def test_the_error_kind_after_the_last_retry(fault, kind):
     with FaultyServer(schedule=[fault] * 3, hang_s=5.0) as server:
         error = failure_of(make_policy(server, retry=RetryPolicy(2, 0.01), timeout_s=0.3))
@@ -115,6 +116,7 @@ NOT_A_COMPLETION = [
 
 
 @pytest.mark.parametrize("body", NOT_A_COMPLETION, ids=[str(body)[:40] for body in NOT_A_COMPLETION])
+@pytest.mark.slow
 def test_a_200_that_is_not_a_completion_is_retried_like_a_5xx(body):
     with FaultyServer(schedule=["malformed"] * 2, malformed_body=body) as server:
         [generation] = generate(make_policy(server))
@@ -248,6 +250,7 @@ def test_a_long_retry_after_is_capped():
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_a_hung_server_cannot_stall_past_the_timeouts():
     with FaultyServer(schedule=["hang"] * 3, hang_s=30.0) as server:
         started = time.monotonic()
@@ -257,6 +260,7 @@ def test_a_hung_server_cannot_stall_past_the_timeouts():
     assert elapsed < 6, f"3 attempts of 0.5s each took {elapsed:.1f}s"
 
 
+@pytest.mark.slow
 def test_a_server_trickling_bytes_is_cut_off_by_the_attempt_deadline():
     with FaultyServer(schedule=["trickle"] * 2, hang_s=30.0) as server:
         started = time.monotonic()

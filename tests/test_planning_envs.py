@@ -128,6 +128,7 @@ def test_make_builds_the_env_with_its_manual(name):
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)
+@pytest.mark.slow
 def test_expert_solves_200_seeds_in_round_one(name, fast_sandbox):
     env = pettingllms.make(name)
     for seed in range(200):
@@ -142,6 +143,7 @@ def test_expert_solves_200_seeds_in_round_one(name, fast_sandbox):
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)
+@pytest.mark.slow
 def test_expert_program_runs_in_the_real_sandbox(name):
     env = pettingllms.make(name)
     for seed in range(3):

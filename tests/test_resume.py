@@ -252,6 +252,7 @@ def test_torn_last_line_is_dropped_with_a_warning_and_its_episode_runs_again(fin
     assert {episode["episode_id"] for episode in episodes} == planned_ids(10)
 
 
+@pytest.mark.slow
 def test_damaged_line_before_the_last_is_an_error_not_a_guess(finished_run, tmp_path):
     files = copy_run(finished_run, tmp_path / "run")
     lines = files.rollouts.read_bytes().splitlines(keepends=True)
@@ -300,6 +301,7 @@ def test_resume_of_a_finished_run_runs_nothing(finished_run, tmp_path, monkeypat
         ("training.dedup=true", "training.dedup", "False", "True"),
     ],
 )
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_them(finished_run, tmp_path, override, setting, old, new):
     files = copy_run(finished_run, tmp_path / "run")
     before = {path.name: path.read_bytes() for path in files.directory.iterdir()}
@@ -319,6 +321,7 @@ def test_resume_with_other_settings_is_refused_naming_them(finished_run, tmp_pat
 
 
 @pytest.mark.parametrize("content", ["{", "{}"], ids=["torn", "no-identity"])
+@pytest.mark.slow
 def test_damaged_saved_config_is_a_one_line_error(finished_run, tmp_path, content):
     files = copy_run(finished_run, tmp_path / "run")
     files.config.write_text(content)
@@ -328,6 +331,7 @@ def test_damaged_saved_config_is_a_one_line_error(finished_run, tmp_path, conten
     assert len(message.splitlines()) == 1 and str(files.config) in message
 
 
+@pytest.mark.slow
 def test_resume_with_a_larger_count_or_other_concurrency_is_allowed(finished_run, tmp_path):
     files = copy_run(finished_run, tmp_path / "run")
     result = collect_in_process(files.directory, "small", 8, "training.rollout_concurrency=3")
@@ -339,6 +343,7 @@ def test_resume_with_a_larger_count_or_other_concurrency_is_allowed(finished_run
 SAMPLED = ["policy.error_rate=0.0", "training.num_samples_per_task=3", "training.rollout_concurrency=1"]
 
 
+@pytest.mark.slow
 def test_dedup_drops_repeated_records_and_counts_them(tmp_path):
     result = collect_in_process(tmp_path, "dedup", 9, *SAMPLED, "training.dedup=true")
     episodes, records, stats = read_jsonl(result.files.rollouts), read_jsonl(result.files.records), result.stats

@@ -159,6 +159,7 @@ def test_background_children_do_not_outlive_the_run(separate_user):
     assert [pid for pid in pids if is_running(pid)] == []  # killed before run_python returned
 
 
+@pytest.mark.slow
 def test_program_dies_with_a_killed_collector():
     """PDEATHSIG: a collector killed mid-run (SIGKILL, no cleanup) takes its program along."""
     collector = textwrap.dedent(
@@ -473,6 +474,7 @@ def test_cannot_read_the_collectors_environment_through_proc(separate_user, monk
     assert result.stdout.count("Error") == 2
 
 
+@pytest.mark.slow
 def test_cannot_kill_its_parent_or_other_runs(separate_user):
     sleeper_code = "import time\ntime.sleep(1.5)\nprint('survived')\n"
     killer_code = """
@@ -519,6 +521,7 @@ def test_network_connection_to_a_local_listener():
     assert result.stdout.startswith("blocked" if result.network_isolated else "connected")
 
 
+@pytest.mark.slow
 def test_working_directories_are_removed_even_after_hostile_runs(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     run("print('fine')")
@@ -600,6 +603,7 @@ def test_reports_what_isolation_it_got(isolation):
         assert (isolation.uid != 0) == reachable
 
 
+@pytest.mark.slow
 def test_a_collector_whose_venv_lives_under_tmp_can_still_run_programs(tmp_path):
     """Regression: the private /tmp mount hid a venv made in /tmp (a fresh clone there), so
     every program failed with 'No such file or directory: .../.venv/bin/python'."""

@@ -25,6 +25,7 @@ def without_timings(episode: dict) -> dict:
     return episode
 
 
+@pytest.mark.slow
 def test_three_shards_together_are_the_unsharded_run(tmp_path):
     whole = collect(load_config([*SUDOKU, f"training.sft_data_dir={tmp_path}", "training.run_name=whole"]))
     shards = [
@@ -46,6 +47,7 @@ def test_three_shards_together_are_the_unsharded_run(tmp_path):
     assert sorted(records) == sorted(expected)
 
 
+@pytest.mark.slow
 def test_a_shard_resumes_on_its_own_files(tmp_path):
     args = [*SUDOKU, f"training.sft_data_dir={tmp_path}", "training.run_name=r", "training.num_shards=2"]
     first = collect(load_config([*args, "training.shard_index=1"]))

@@ -37,12 +37,14 @@ def test_same_seed_gives_the_same_room():
         assert first == second
 
 
+@pytest.mark.slow
 def test_different_seeds_give_different_rooms():
     rooms = {render_room(generate_room(np.random.default_rng(seed))[0]) for seed in SEEDS}
     assert len(rooms) > 180
 
 
 @pytest.mark.parametrize("dim, num_boxes", [(6, 1), (6, 2), (5, 1), (8, 3)])
+@pytest.mark.slow
 def test_every_generated_room_is_solved_by_its_plan(dim, num_boxes):
     seeds = SEEDS if (dim, num_boxes) == (6, 1) else range(50)
     for seed in seeds:

@@ -50,6 +50,7 @@ def test_stats_recomputed_from_rollouts_equal_the_collected_ones(tmp_path):
     assert from_records["episodes"] == result.stats["successful_episodes"]
 
 
+@pytest.mark.slow
 def test_stats_on_a_missing_file_is_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pettingllms", "stats", str(tmp_path / "nope.jsonl")],

@@ -54,6 +54,7 @@ def test_every_generated_puzzle_has_one_solution_that_the_solver_finds():
 
 
 @pytest.mark.parametrize("size, num_empty", [(4, 1), (4, 12), (4, 16), (9, 40)])
+@pytest.mark.slow
 def test_other_sizes_and_counts_give_valid_puzzles(size, num_empty):
     for seed in range(20 if size == 4 else 5):
         puzzle, solution = generate_puzzle(np.random.default_rng(seed), size=size, num_empty=num_empty)

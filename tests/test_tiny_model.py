@@ -44,6 +44,7 @@ def loaded_tokenizer(tiny_dir):
     return AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
 
 
+@pytest.mark.slow
 def test_build_writes_a_small_qwen2_model(tiny_dir, loaded_tokenizer):
     from transformers import AutoModelForCausalLM
 

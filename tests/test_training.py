@@ -93,6 +93,7 @@ def multi_turn_record() -> dict:
     return {**record, "source": "mem:1"}
 
 
+@pytest.mark.slow
 def test_loss_is_on_the_reply_and_its_end_of_turn_token_only(tmp_path, tiny_model):
     model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
     settings = quick_settings(tmp_path)
@@ -172,6 +173,7 @@ def test_per_policy_trains_one_adapter_per_policy(tmp_path, tiny_model):
     assert (tmp_path / "out" / "training_summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_use_lora_false_saves_a_full_model(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
@@ -258,6 +260,7 @@ def test_a_folder_that_is_not_ours_is_refused_even_with_overwrite(tmp_path):
     assert (clone / "README.md").read_text() == "# my project"
 
 
+@pytest.mark.slow
 def test_an_earlier_training_is_replaced_only_with_overwrite(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(2)])
     output = tmp_path / "out"
@@ -273,6 +276,7 @@ def test_an_earlier_training_is_replaced_only_with_overwrite(tmp_path, tiny_mode
     assert not (output / "notes.txt").exists() and (output / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_killed_training_is_refused_until_resumed_or_overwritten(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(4)])
     output = tmp_path / "out"
@@ -332,6 +336,7 @@ def test_a_read_only_output_folder_is_one_line_before_the_model_loads(tmp_path):
             run_training(settings, [data])
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(2)])
     with mounted_tmpfs(tmp_path / "full", "size=64k") as folder:
@@ -342,6 +347,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(tmp_path, tin
         assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_training_an_adapter_continues_it_on_its_base(tmp_path, tiny_model):
     # A new adapter over an adapter would be saved as an adapter of the base alone.
     data = write_jsonl(tmp_path / "data.jsonl", [make_record(i) for i in range(2)])
