@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ from pettingllms.policies.base import Generation, GenerationRequest, Policy, Sam
 _GENERATE_LOCK = threading.Lock()
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BATCH_WAIT_SHARE = 0.2
+"""Longest wait for a fuller batch, as a share of the last generate's time (see `_wait_for_a_full_batch`)."""
 
 
 @dataclass(eq=False)
@@ -84,6 +87,8 @@ class HFPolicy(Policy):
         self.batches_served = 0
         self._end_ids: list[int] = []
         self._pending: list[_Pending] = []
+        self._largest_batch = 1
+        self._wait_s = 0.0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._worker_loop: asyncio.AbstractEventLoop | None = None
@@ -138,6 +143,7 @@ class HFPolicy(Policy):
                 if self.model is None and not await self._load_or_fail_pending():
                     continue
                 while self._pending:
+                    await self._wait_for_a_full_batch()
                     await self._serve_batch(self._take_batch())
         finally:
             # Closed or cancelled: nobody may be left waiting for a reply that never comes.
@@ -153,6 +159,27 @@ class HFPolicy(Policy):
             fail_all(self._pending, error)
             self._pending = []
             return False
+
+    async def _wait_for_a_full_batch(self) -> None:
+        """Give the callers of the last batch a moment to ask again before a smaller batch is served.
+
+        After a batch, its episodes step their envs (in threads) and come back one by one;
+        serving the first alone splits the batch for the rest of the run (16 episodes in flight
+        were served as 9 + 7, 9 + 7, ...). So wait until as many requests are pending as the
+        largest batch so far, for at most a fifth of the last generate's time: a caller that
+        does not come back (its episode ended, the run is ending) costs at most that, once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        while len(self._pending) < min(self._largest_batch, self.max_batch_size):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _take_batch(self) -> list[_Pending]:
         """Remove and return the oldest request plus the next ones sampled the same way."""
@@ -176,9 +203,11 @@ class HFPolicy(Policy):
         if not waiting:
             return
         self.batches_served += 1
+        self._largest_batch = max(self._largest_batch, len(waiting))
         # torch's CPU generator keeps 32 bits of a seed; spread seeds a million batches apart
         # so that neighbouring seeds do not replay each other's streams.
         batch_seed = (self.seed * 1_000_003 + self.batches_served) % 2**32
+        started = time.perf_counter()
         try:
             generations = await asyncio.to_thread(self._generate_batch, prompts, batch[0].request.sampling, batch_seed)
         except asyncio.CancelledError:
@@ -187,6 +216,7 @@ class HFPolicy(Policy):
         except Exception as error:  # reported to every caller of the batch
             fail_all(waiting, PolicyError("generate_error", f"hf generate failed: {error!r}"))
             return
+        self._wait_s = BATCH_WAIT_SHARE * (time.perf_counter() - started)
         for item, generation in zip(waiting, generations):
             settle(item.future, result=generation)
 
