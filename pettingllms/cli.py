@@ -272,6 +272,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from pettingllms.curation import describe_result, filter_run
+
+    result = filter_run(args.run, args.overrides, args.output, data_dir=args.data_dir)
+    print("\n".join(describe_result(result)))
+    return 0
+
+
 def _collect(config):
     from pettingllms.collect import collect
 
@@ -442,6 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="FILE", help="where the page goes (default: report_<run>.html beside it)")
     report.add_argument("--training", metavar="DIR", help="the run's training folder (default: found from its config)")
     report.set_defaults(handler=cmd_report)
+    from pettingllms.curation import FILTER_HELP
+
+    curate = commands.add_parser(
+        "filter", help="new records from a run's rollouts with other filters (dedup, quality), no model call"
+    )
+    curate.add_argument("run", metavar="RUN", help=run_help)
+    curate.add_argument("overrides", nargs="*", metavar="key=value", help=FILTER_HELP)
+    curate.add_argument("--output", required=True, metavar="NAME", help="name of the new records, beside RUN's files")
+    curate.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
+    curate.set_defaults(handler=cmd_filter)
     return parser
 
 

@@ -124,13 +124,7 @@ def _has_episodes(path: Path) -> bool:
 
 def run_filter(config: dict[str, Any] | None) -> RecordFilter:
     """The record filter a run was collected with, from its saved config (the defaults without one)."""
-    training = (config or {}).get("config", {}).get("training", {})
-    return RecordFilter(
-        training.get("only_success", True),
-        training.get("collect_mode", "env"),
-        training.get("dedup", False),
-        training.get("max_records_per_task"),
-    )
+    return RecordFilter.from_settings((config or {}).get("config", {}).get("training", {}))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -284,3 +284,14 @@ def test_a_run_saved_before_new_settings_existed_still_resumes(small_run):
     config = load_config([*SOKOBAN, f"training.sft_data_dir={small_run.directory}", "training.run_name=ref"])
     config.training.sft_num_episodes = 7
     assert collect(config).stats["total_episodes"] == 7
+
+
+def test_collecting_into_a_filtered_run_is_refused(small_run):
+    from pettingllms.curation import filter_run
+
+    filter_run("ref", ["dedup=true"], "deduped", data_dir=str(small_run.directory))
+    before = RunFiles(small_run.directory, "deduped").records.read_bytes()
+    config = load_config([*SOKOBAN, f"training.sft_data_dir={small_run.directory}", "training.run_name=deduped"])
+    with pytest.raises(DataError, match="written by `pettingllms filter`"):
+        collect(config)
+    assert RunFiles(small_run.directory, "deduped").records.read_bytes() == before

@@ -27,6 +27,7 @@ from pettingllms.runfiles import (
     lock_run,
     read_json_object,
     read_ledger,
+    read_run_config,
     shard_run_name,
     write_json_atomic,
 )
@@ -75,10 +76,7 @@ class Collector:
             raise DataError(
                 f"Cannot write collection files in training.sft_data_dir={directory}: {error.strerror or error}."
             ) from None
-        training = config.training
-        self.filter = RecordFilter(
-            training.only_success, training.collect_mode, training.dedup, training.max_records_per_task
-        )
+        self.filter = RecordFilter.from_settings(config.training)
         self.stats = CollectionStats(self.env_name, run_name)
         self.token_counter = TokenCounter(config)
         self.started = time.perf_counter()
@@ -200,6 +198,11 @@ def check_records_accounted(files: RunFiles, ledger_ids: set[str]) -> None:
     """
     if not files.records.exists() or files.records.stat().st_size == 0:
         return
+    if "filtered_from" in (read_run_config(files) or {}):
+        raise DataError(
+            f"{files.records} was written by `pettingllms filter`, not collected: run '{files.run_name}' has no "
+            "rollouts to resume. Collect into another training.run_name."
+        )
     complete, _ = split_torn_tail(files.records.read_bytes())
     try:
         episode_ids = [

@@ -84,6 +84,11 @@ GUARDED_KEYS = (
     "training.collect_mode",
     "training.dedup",
     "training.max_records_per_task",
+    "training.near_dedup_threshold",
+    "training.drop_truncated",
+    "training.drop_crashed_programs",
+    "training.max_reply_chars",
+    "training.max_invalid_actions",
     "agents",
 )
 """Settings a resumed run must share with the files it continues."""
@@ -130,6 +135,9 @@ def check_resume(files: RunFiles, config: Config) -> None:
             f"{files.config} is damaged, so run '{files.run_name}' cannot be checked for resuming; "
             "use another training.run_name."
         )
+    # A key added after the run was saved counts as its default there (the run did not filter on it).
+    defaults = json.loads(json.dumps(run_identity(Config())))
+    saved = {**{key: value for key, value in defaults.items() if key not in ("env", "policies")}, **saved}
     current = comparable_identity(json.loads(json.dumps(run_identity(config))), saved)
     saved = comparable_identity(saved, saved)
     differences = [

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -132,7 +133,7 @@ def _parse_dotted(dotted: list[str]):
         try:
             value = text if _is_text_key(key) and text not in ("null", "~") else OmegaConf.from_dotlist([f"v={text}"]).v
             OmegaConf.update(layer, key, value, force_add=True)
-        except OmegaConfBaseException as error:
+        except (OmegaConfBaseException, yaml.YAMLError) as error:  # `env.kwargs.x=[a` is a YAML error
             raise ConfigError(f"Invalid override '{item}': {_first_line(error)}") from None
     return layer
 

@@ -178,6 +178,28 @@ class TrainingConfig:
     seed: int = _help("First task seed (>= 0); task k uses seed + k (plus the split's offset).", 0)
     dedup: bool = _help("Drop a record whose (agent, prompt, response) was already kept.", False)
     max_records_per_task: int | None = _help("Keep at most this many records per task.")
+    near_dedup_threshold: float | None = _help(
+        "Drop a reply near-identical to an already kept reply of the same task and agent: the Jaccard similarity "
+        "of their word 3-grams (lowercased, whitespace collapsed) is at least this, in (0, 1], e.g. 0.9. None: off."
+    )
+    drop_truncated: bool = _help(
+        "Drop replies cut off by the token limit (the turn's finish_reason is 'length', as hf and openai report it).",
+        False,
+    )
+    drop_crashed_programs: bool = _help(
+        "Drop turns whose own program crashed, timed out or was stopped by the sandbox, as the env's turn details "
+        "record it (the tool agent of sokoban/plan_path/sudoku and math_env; code_env's solution on the hidden "
+        "tests and tests on the reference, where a failed assert is a wrong answer, not a crash).",
+        False,
+    )
+    max_reply_chars: int | None = _help(
+        "Drop replies longer than this many characters (characters, not tokens: counted without a tokenizer). "
+        "None: no limit."
+    )
+    max_invalid_actions: int | None = _help(
+        "Drop every turn of an episode with more than this many invalid replies (valid=false, all agents "
+        "together); 0 keeps only episodes without one. None: no limit."
+    )
     retry_infra_errors: bool = _help(
         "On resume, run again the episodes that ended in an infrastructure error (server down, timeout, "
         "malformed answer, sandbox set-up), never those the model failed.",
@@ -216,6 +238,15 @@ class TrainingConfig:
                 f"{key}.max_records_per_task",
                 self.max_records_per_task,
                 "an integer > 0",
+            )
+        threshold = self.near_dedup_threshold
+        if threshold is not None:
+            require(0 < threshold <= 1, f"{key}.near_dedup_threshold", threshold, "a number in (0, 1], or null (off)")
+        if self.max_reply_chars is not None:
+            require(self.max_reply_chars > 0, f"{key}.max_reply_chars", self.max_reply_chars, "an integer > 0")
+        if self.max_invalid_actions is not None:
+            require(
+                self.max_invalid_actions >= 0, f"{key}.max_invalid_actions", self.max_invalid_actions, "an integer >= 0"
             )
         if self.run_name is not None:
             from pettingllms.runfiles import check_run_name

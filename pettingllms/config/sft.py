@@ -31,6 +31,10 @@ SCHEDULERS = (
 a config does not import transformers."""
 
 
+KEY = "training.sft_config"
+"""Where these settings sit in the config; messages name a setting as `training.sft_config.<field>`."""
+
+
 def require(ok: bool, key: str, value: Any, accepted: str) -> None:
     """Raise the one-line ConfigError for `key=value` unless `ok`."""
     if not ok:
@@ -93,6 +97,38 @@ class SFTSettings:
         metadata={
             "help": "Train one adapter per `metadata.policy_name` (role-specialized agents) into "
             "`<output_dir>/<policy_name>`."
+        },
+    )
+
+    # > Column names (for data other tools wrote)
+    messages_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the conversation as a list of {role, content} messages, the last one the "
+            "reply. None: 'messages' (or a prompt/response pair)."
+        },
+    )
+    prompt_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the prompt (a string becomes one user message, or a list of messages). None: "
+            "'prompt'. RAGEN's Parquet: prompt_key=input response_key=output; Alpaca-style JSONL: "
+            "prompt_key=instruction response_key=output."
+        },
+    )
+    response_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the reply trained on (a string, or a list of messages). None: 'response', "
+            "else 'completion'."
+        },
+    )
+    reward_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the reward `min_reward` compares with. None: `metadata.reward`, else a "
+            "top-level 'reward' (AgentRL-style rows); a top-level 'success' likewise stands in for a missing "
+            "`metadata.env_success`."
         },
     )
 
@@ -202,7 +238,7 @@ class SFTSettings:
         metadata={"help": "Where transformers reports metrics: 'none', 'tensorboard', 'wandb', 'all', ..."},
     )
 
-    def check(self, key: str = "training.sft_config") -> None:
+    def check(self, key: str = KEY) -> None:
         """Check the values types alone cannot; raise ConfigError naming `key.<field>`."""
         for name in (
             "per_device_train_batch_size",
@@ -219,6 +255,15 @@ class SFTSettings:
         require(self.learning_rate > 0, f"{key}.learning_rate", self.learning_rate, "a number > 0")
         require(0 <= self.lora_dropout < 1, f"{key}.lora_dropout", self.lora_dropout, "a number in [0, 1)")
         require(self.thinking in ("keep", "strip"), f"{key}.thinking", self.thinking, "'keep' or 'strip'")
+        for name in ("messages_key", "prompt_key", "response_key", "reward_key"):
+            column = getattr(self, name)
+            require(column is None or column.strip() != "", f"{key}.{name}", column, "a column name, or null")
+        require(
+            not (self.messages_key and (self.prompt_key or self.response_key)),
+            f"{key}.messages_key",
+            self.messages_key,
+            "null when prompt_key or response_key is set (a row is a conversation or a prompt/response pair)",
+        )
         require(
             not (self.overwrite and self.resume_from_checkpoint),
             f"{key}.overwrite",

@@ -8,8 +8,12 @@ A *record* is one kept agent turn, as collection writes it (see docs/data-format
     {"messages": [..., {"role": "assistant", "content": "..."}], "metadata": {...}}
 
 `read_records` also accepts plain rows `{"prompt": ..., "response": ...}` (or `completion`
-instead of `response`) and turns them into the same shape, so the rest of the stage sees one
-format. A *sample* is what TRL's `SFTTrainer` gets: a conversational prompt-completion pair,
+instead of `response`), rows whose columns have other names (`Columns`, from the
+`training.sft_config.*_key` settings: RAGEN's `input`/`output`, Alpaca's `instruction`/`output`),
+JSONL, Parquet and JSON-array files, and turns them all into the same shape, so the rest of the
+stage sees one format. A top-level `reward` or `success` (AgentRL-style rows) stands in for
+`metadata.reward` / `metadata.env_success` when the metadata lacks them.
+A *sample* is what TRL's `SFTTrainer` gets: a conversational prompt-completion pair,
 
     {"prompt": [messages before the reply], "completion": [{"role": "assistant", ...}]}
 
@@ -21,6 +25,7 @@ them again would count them twice), and other agents' turns are not this agent's
 from __future__ import annotations
 
 import glob
+import json
 import random
 import re
 from collections.abc import Callable
@@ -28,13 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pettingllms.config.sft import SFTSettings
+from pettingllms.config.sft import KEY, SFTSettings
 from pettingllms.exceptions import DataError
 from pettingllms.jsonl import read_jsonl
 
 ACCEPTED_FORMATS = (
     "'messages' (a list of {role, content}, the last one from the assistant) with optional 'metadata', "
-    "or 'prompt' with 'response' or 'completion'"
+    "or 'prompt' with 'response' or 'completion' (other column names: set training.sft_config.messages_key, "
+    "or prompt_key and response_key)"
 )
 ROLES = ("system", "user", "assistant", "tool")
 """The roles chat templates know; any other is a typo that a template would render silently."""
@@ -62,23 +68,66 @@ def expand_paths(patterns: list[str]) -> list[Path]:
     return files
 
 
-def read_records(paths: list[str]) -> list[dict[str, Any]]:
-    """Every record in the JSONL / Parquet files named by `paths` (paths or globs).
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a row hold the conversation and the reward (None: the usual names, see `normalize_record`)."""
+
+    messages: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    reward: str | None = None
+
+    @classmethod
+    def of(cls, settings: SFTSettings | None) -> Columns:
+        if settings is None:
+            return cls()
+        return cls(settings.messages_key, settings.prompt_key, settings.response_key, settings.reward_key)
+
+
+def read_records(paths: list[str], settings: SFTSettings | None = None) -> list[dict[str, Any]]:
+    """Every record in the JSONL / JSON / Parquet files named by `paths` (paths or globs).
 
     Each returned record has `messages`, `metadata` and `source` ("file:line", for messages
-    that point back at the data).
+    that point back at the data). `settings` gives the column names (`messages_key`,
+    `prompt_key`, `response_key`, `reward_key`); without it the usual names are read.
     """
+    columns = Columns.of(settings)
     records = []
     for path in expand_paths(paths):
-        rows = _read_parquet_rows(path) if path.suffix == ".parquet" else _read_jsonl_rows(path)
+        rows = read_rows(path)
         if not rows:
             raise DataError(f"Data file '{path}' is empty: it holds no records.")
-        records.extend(normalize_record(row, where) for row, where in rows)
+        records.extend(normalize_record(row, where, columns) for row, where in rows)
     return records
+
+
+def read_rows(path: Path) -> list[tuple[Any, str]]:
+    """(row, where) for each row of `path`: `.parquet` is Parquet, `.json` a JSON array (or JSONL), others JSONL."""
+    if path.suffix == ".parquet":
+        return _read_parquet_rows(path)
+    if path.suffix == ".json":
+        return _read_json_rows(path)
+    return _read_jsonl_rows(path)
 
 
 def _read_jsonl_rows(path: Path) -> list[tuple[Any, str]]:
     return list(read_jsonl(path))
+
+
+def _read_json_rows(path: Path) -> list[tuple[Any, str]]:
+    """A `.json` file: an array of rows (numbered from 1 as "file item N"), else JSONL under another name."""
+    data = path.read_bytes()
+    if not data.lstrip().startswith(b"["):
+        return _read_jsonl_rows(path)
+    try:
+        rows = json.loads(data)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; the file was damaged.") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno}).") from None
+    except (ValueError, RecursionError) as error:  # huge integers, absurd nesting
+        raise DataError(f"{path}: unreadable JSON ({type(error).__name__}).") from None
+    return [(row, f"{path} item {number}") for number, row in enumerate(rows, start=1)]
 
 
 def _read_parquet_rows(path: Path) -> list[tuple[Any, str]]:
@@ -96,21 +145,54 @@ def _read_parquet_rows(path: Path) -> list[tuple[Any, str]]:
 # ---------------------------------------------------------------- records
 
 
-def normalize_record(row: Any, where: str) -> dict[str, Any]:
-    """One raw row as a record `{"messages", "metadata", "source"}`; `where` is "file:line"."""
-    if isinstance(row, dict) and row.get("messages") is not None:
+def normalize_record(row: Any, where: str, columns: Columns = Columns()) -> dict[str, Any]:
+    """One raw row as a record `{"messages", "metadata", "source"}`; `where` is "file:line".
+
+    Without column names the row is `messages`, or `prompt` with `response` or `completion`.
+    With `columns.messages` the conversation is that column; with `columns.prompt` and/or
+    `columns.response` it is that pair (the other one keeps its usual name). A named column the
+    row lacks is an error that lists the row's columns.
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: not a training record (found {type(row).__name__}); expected {ACCEPTED_FORMATS}.")
+    if columns.messages:
+        messages = _column(row, columns.messages, "messages_key", where)
+    elif columns.prompt or columns.response:
+        prompt = _column(row, columns.prompt, "prompt_key", where) if columns.prompt else row.get("prompt")
+        reply = _column(row, columns.response, "response_key", where) if columns.response else _reply_of(row)
+        if prompt is None or reply is None:
+            missing = "prompt_key" if prompt is None else "response_key"
+            raise DataError(
+                f"{where}: no {missing.removesuffix('_key')} column (found {sorted(row)}); "
+                f"set {KEY}.{missing} to the column that holds it."
+            )
+        messages = _as_messages(prompt, "user", where) + _as_messages(reply, "assistant", where)
+    elif row.get("messages") is not None:
         messages = row["messages"]
-    elif isinstance(row, dict) and row.get("prompt") is not None and _reply_of(row) is not None:
+    elif row.get("prompt") is not None and _reply_of(row) is not None:
         messages = _as_messages(row["prompt"], "user", where) + _as_messages(_reply_of(row), "assistant", where)
     else:
-        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise DataError(f"{where}: not a training record (found {keys}); expected {ACCEPTED_FORMATS}.")
+        raise DataError(f"{where}: not a training record (found {sorted(row)}); expected {ACCEPTED_FORMATS}.")
     _check_messages(messages, where)
     # Only role and content are kept: `datasets` gives every message the union of all keys
     # (None where absent), and templates that test `message.tool_calls is defined` break on that.
     messages = [{"role": message["role"], "content": message["content"]} for message in messages]
-    metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
-    return {"messages": messages, "metadata": dict(metadata), "source": where}
+    metadata = dict(row["metadata"]) if isinstance(row.get("metadata"), dict) else {}
+    if columns.reward:
+        metadata["reward"] = _column(row, columns.reward, "reward_key", where)
+    elif "reward" not in metadata and row.get("reward") is not None:
+        metadata["reward"] = row["reward"]
+    if "env_success" not in metadata and isinstance(row.get("success"), bool):
+        metadata["env_success"] = row["success"]
+    return {"messages": messages, "metadata": metadata, "source": where}
+
+
+def _column(row: dict[str, Any], name: str, setting: str, where: str) -> Any:
+    """`row[name]`, or a DataError naming the setting that asked for it and the columns the row has."""
+    if row.get(name) is None:
+        found = "is null" if name in row else "is not a column"
+        raise DataError(f"{where}: {KEY}.{setting}={name!r} {found} here; the row's columns: {', '.join(sorted(row))}.")
+    return row[name]
 
 
 def _reply_of(row: dict[str, Any]) -> Any:

@@ -70,7 +70,7 @@ def run_training(
     `training.outputs`) before any model is loaded.
     """
     settings = _as_settings(settings)
-    records, report = select_records(read_records(data_paths), settings)
+    records, report = select_records(read_records(data_paths, settings), settings)
     eval_records = read_eval_records(settings)
     info(f"{report.describe()}.")
     data_files = expand_paths(data_paths)
@@ -124,7 +124,7 @@ def read_eval_records(settings: SFTSettings) -> list[dict]:
     if not settings.eval_data_path:
         return []
     try:
-        return select_records(read_records(_split_paths(settings.eval_data_path)), settings)[0]
+        return select_records(read_records(_split_paths(settings.eval_data_path), settings), settings)[0]
     except DataError as error:
         raise DataError(f"eval_data_path: {error}") from None
 
