@@ -83,11 +83,11 @@ def test_the_doc_example_is_about_sixty_lines_and_passes_the_checker(tmp_path, m
 
 
 def test_register_refuses_a_taken_name_and_accepts_the_same_entry_point_again(registry_snapshot):
-    register("sokoban", "pettingllms.envs.sokoban:SokobanEnv", "pettingllms/Sokoban-v0")  # the same: nothing happens
+    register("sokoban", "pettingllms.envs.sokoban:SokobanEnv", "pettingllms/Sokoban-v1")  # the same: nothing happens
     with pytest.raises(ConfigError, match=r"env 'sokoban' is already registered .*register yours under another name"):
         register("sokoban", "mypkg.envs:GuessNumberEnv")
-    with pytest.raises(ConfigError, match=r"Gymnasium id 'pettingllms/Sokoban-v0' is already taken"):
-        register("my_sokoban", "mypkg.envs:GuessNumberEnv", gym_id="pettingllms/Sokoban-v0")
+    with pytest.raises(ConfigError, match=r"Gymnasium id 'pettingllms/Sokoban-v1' is already taken"):
+        register("my_sokoban", "mypkg.envs:GuessNumberEnv", gym_id="pettingllms/Sokoban-v1")
 
 
 def test_register_takes_the_class_itself(tmp_path, monkeypatch, registry_snapshot):

@@ -6,7 +6,7 @@ data made with the old version stays explainable.
 
     >>> import pettingllms
     >>> env = pettingllms.make("sokoban", max_turns=3)
-    >>> env = gymnasium.make("pettingllms/Sokoban-v0")   # the same environment
+    >>> env = gymnasium.make("pettingllms/Sokoban-v1")   # the same environment
 
 Your own environments join with `register(name, entry_point)` (docs/custom-env.md), from a
 module that `env.import=my_pkg.my_envs` imports (`import_env_modules`), or from an installed
@@ -80,9 +80,9 @@ def register(
     )
 
 
-register("sokoban", "pettingllms.envs.sokoban:SokobanEnv", "pettingllms/Sokoban-v0")
-register("plan_path", "pettingllms.envs.plan_path:PlanPathEnv", "pettingllms/PlanPath-v0")
-register("sudoku", "pettingllms.envs.sudoku:SudokuEnv", "pettingllms/Sudoku-v0")
+register("sokoban", "pettingllms.envs.sokoban:SokobanEnv", "pettingllms/Sokoban-v1")
+register("plan_path", "pettingllms.envs.plan_path:PlanPathEnv", "pettingllms/PlanPath-v1")
+register("sudoku", "pettingllms.envs.sudoku:SudokuEnv", "pettingllms/Sudoku-v1")
 register("code_env", "pettingllms.envs.code:CodeEnv", "pettingllms/Code-v0")
 register("code_single_agent", "pettingllms.envs.code:CodeSingleAgentEnv", "pettingllms/CodeSingleAgent-v0")
 register("math_env", "pettingllms.envs.math:MathEnv", "pettingllms/Math-v0")

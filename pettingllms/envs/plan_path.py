@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pettingllms.envs import plan_path_grid as grid_rules
-from pettingllms.envs.planning import PlanCheck, PlanningEnv, embed_solver, format_moves, parse_moves
+from pettingllms.envs.planning import PlanCheck, PlanningEnv, embed_puzzle, embed_solver, format_moves, parse_moves
 
 
 class PlanPathEnv(PlanningEnv):
@@ -60,11 +60,21 @@ class PlanPathEnv(PlanningEnv):
     - `max_turns`: rounds (one tool and one planner turn each), default 3.
     - `size`: side of the grid, at least 3; default 10.
     - `obstacle_ratio`: share of cells that are obstacles, 0 to 0.5; default 0.25.
+    - `expert_program`: the program the expert's tool writes. "compact" (default): it opens
+      with the puzzle exactly as the prompt shows it, in a triple-quoted string, and a short
+      solver parses it there (a model learns to copy text sooner than to re-encode it).
+      "v0": v0's program, a solver function's source and the puzzle as a Python literal.
+    - `recovery_rate`: share of episodes, chosen by a hash of the task id, that the expert
+      plays wrong in round 1 and right afterwards, so the data holds later rounds and their
+      "Earlier rounds" history; default 0. Needs `max_turns` >= 2.
     - `render_mode`: None or "ansi"; `render()` returns the grid as text, with the last
       path marked.
 
     ## Version history
     * v0: initial version.
+    * v1: the expert's tool writes the "compact" program (the puzzle copied verbatim, about
+      half the tokens of v0's; `expert_program="v0"` gives v0's); arguments `expert_program`
+      and `recovery_rate`.
     """
 
     game_name = "plan_path"
@@ -73,9 +83,15 @@ class PlanPathEnv(PlanningEnv):
     solver_summary = "Breadth-first search from S over the free cells finds a shortest path to G:"
 
     def __init__(
-        self, max_turns: int | None = None, render_mode: str | None = None, size: int = 10, obstacle_ratio: float = 0.25
+        self,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+        size: int = 10,
+        obstacle_ratio: float = 0.25,
+        expert_program: str = "compact",
+        recovery_rate: float = 0.0,
     ):
-        super().__init__(max_turns=max_turns, render_mode=render_mode)
+        super().__init__(max_turns, render_mode, expert_program, recovery_rate)
         if not isinstance(size, int) or size < 3:
             raise ValueError(f"size must be an integer of at least 3, got {size!r}")
         if not isinstance(obstacle_ratio, (int, float)) or not 0 <= obstacle_ratio <= 0.5:
@@ -125,5 +141,7 @@ class PlanPathEnv(PlanningEnv):
         return self.solution[:-1]
 
     def _solver_program(self, wrong: bool) -> str:
-        rows = grid_rules.render_grid(self.grid).splitlines()
-        return embed_solver(grid_rules.find_shortest_path, repr(rows), ["answer = answer[:-1]"] if wrong else [])
+        if self.expert_program == "v0":
+            rows = grid_rules.render_grid(self.grid).splitlines()
+            return embed_solver(grid_rules.find_shortest_path, repr(rows), ["answer = answer[:-1]"] if wrong else [])
+        return embed_puzzle(self._puzzle_text(), grid_rules.SOLVER_PROGRAM, ["plan = plan[:-1]"] if wrong else [])

@@ -148,6 +148,29 @@ def find_shortest_path(rows):
 # fmt: on
 
 
+# The expert's "compact" tool program, after the `puzzle = """..."""` block that holds the grid
+# as the prompt draws it (`planning.embed_puzzle`). Training data too, so the formatter keeps out.
+# The same breadth-first search as `find_shortest_path` (same move order, first path found wins),
+# so it prints the same path; its last line prints the `Actions:` line (an expert's wrong edit goes before).
+# fmt: off
+SOLVER_PROGRAM = """\
+import json
+
+cells = {(r, c): x for r, row in enumerate(puzzle.split()) for c, x in enumerate(row)}
+start = next(p for p in cells if cells[p] == "S")
+plans, queue = {start: []}, [start]
+for r, c in queue:
+    for move, dr, dc in ("Up", -1, 0), ("Down", 1, 0), ("Left", 0, -1), ("Right", 0, 1):
+        p = r + dr, c + dc
+        if cells.get(p, "#") != "#" and p not in plans:
+            plans[p] = plans[r, c] + [move]
+            queue.append(p)
+plan = next(plans[p] for p in plans if cells[p] == "G")
+print("Actions: " + json.dumps(plan))
+"""
+# fmt: on
+
+
 def generate_grid(
     rng: np.random.Generator, size: int = 10, obstacle_ratio: float = 0.25, min_distance: int | None = None
 ) -> tuple[Grid, list[str]]:

@@ -13,6 +13,13 @@ Two agents take turns, `tool` then `planner`, for up to `max_turns` rounds:
 A game subclasses `PlanningEnv` and writes the puzzle-specific hooks (`_new_puzzle`,
 `_puzzle_text`, `_parse_plan`, `_check_plan`, `_format_plan`, `_solver_program`,
 `_wrong_plan`); the parsing helpers here are shared by all of them.
+
+The expert's tool program is training data, so it is written to be learnable: the
+"compact" program (`embed_puzzle`) opens with the puzzle copied verbatim from the prompt
+into a triple-quoted string, and a short solver parses it there: a small model learns to
+copy text far sooner than to re-encode it as a Python literal (the "v0" program,
+`embed_solver`). `recovery_rate` makes the expert play some episodes wrong in round 1 and
+right afterwards, so the data also shows later rounds, with their history.
 """
 
 from __future__ import annotations
@@ -162,11 +169,31 @@ def last_lines(text: str, limit: int) -> str:
 
 
 def embed_solver(solver: Callable, puzzle_literal: str, edits: Sequence[str] = ()) -> str:
-    """A runnable program: `solver`'s own source, then `answer = solver(PUZZLE)`, any `edits`
-    lines, and a print of the `Actions:` line (JSON of `answer`)."""
+    """The "v0" program: `solver`'s own source, then `PUZZLE = <puzzle_literal>`,
+    `answer = solver(PUZZLE)`, any `edits` lines, and a print of the `Actions:` line (JSON of `answer`)."""
     source = inspect.getsource(solver).rstrip()
     lines = ["import json", "", "", source, "", "", f"PUZZLE = {puzzle_literal}", f"answer = {solver.__name__}(PUZZLE)"]
     return "\n".join([*lines, *edits, 'print("Actions: " + json.dumps(answer))']) + "\n"
+
+
+def embed_puzzle(puzzle_text: str, program: str, edits: Sequence[str] = ()) -> str:
+    """The "compact" program: the triple-quoted string `puzzle`, holding `puzzle_text` exactly as
+    the prompt shows it, then `program` (which parses `puzzle`), with any `edits` lines before
+    its last line (the one that prints the `Actions:` line)."""
+    # The drawn puzzles use no quotes or backslashes, so the text needs no escaping to stay verbatim.
+    assert '"""' not in puzzle_text and "\\" not in puzzle_text, puzzle_text
+    *body, last = program.rstrip("\n").split("\n")
+    return "\n".join(['puzzle = """', puzzle_text, '"""', *body, *edits, last]) + "\n"
+
+
+def is_recovery_episode(task_id: str, recovery_rate: float) -> bool:
+    """Whether task `task_id` is one of the `recovery_rate` share of recovery episodes.
+
+    A hash of the task id decides, so it depends neither on scheduling nor on the expert
+    policy's own choice of wrong episodes (a hash of the episode id).
+    """
+    digest = hashlib.sha256(f"recovery:{task_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < recovery_rate
 
 
 # -- the two-agent flow ----------------------------------------------------------------
@@ -185,6 +212,10 @@ PLANNER_SYSTEM = (
     "Check it against the rules and the puzzle, fix it if needed, "
     "and end your reply with the final answer on one line: {answer_format}"
 )
+
+
+EXPERT_PROGRAMS = ("compact", "v0")
+"""The expert tool's programs: "compact" (`embed_puzzle`, the default) and "v0" (`embed_solver`)."""
 
 
 class PlanningEnv(TurnBasedTextEnv):
@@ -206,6 +237,29 @@ class PlanningEnv(TurnBasedTextEnv):
     output_chars = 400
     """How much of the program's output the planner sees."""
     _board_text = ""
+
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+        expert_program: str = "compact",
+        recovery_rate: float = 0.0,
+    ):
+        super().__init__(max_turns=max_turns, render_mode=render_mode)
+        if expert_program not in EXPERT_PROGRAMS:
+            raise ValueError(f"expert_program must be one of {', '.join(EXPERT_PROGRAMS)}, got {expert_program!r}")
+        is_number = isinstance(recovery_rate, (int, float)) and not isinstance(recovery_rate, bool)
+        if not (is_number and 0 <= recovery_rate <= 1):
+            raise ValueError(f"recovery_rate must be a number from 0 to 1, got {recovery_rate!r}")
+        if recovery_rate > 0 and self.max_turns < 2:
+            raise ValueError(
+                f"recovery_rate={recovery_rate:g} needs max_turns >= 2 (a recovery episode is right in round 2), "
+                f"got max_turns={self.max_turns}"
+            )
+        self.expert_program = expert_program
+        self.recovery_rate = float(recovery_rate)
+        self.recovery_episode = False
+        """Whether the expert plays this episode's round 1 wrong and the later rounds right."""
 
     def render(self) -> str:
         return self._board_text
@@ -252,6 +306,7 @@ class PlanningEnv(TurnBasedTextEnv):
         else:
             suffix = str(self.seed)
         self.task_id = "-".join(part for part in (self.game_name, self._variant(), suffix) if part)
+        self.recovery_episode = is_recovery_episode(self.task_id, self.recovery_rate)
         self.solved = False
         self._history: list[str] = []
         self._tool_report = "The tool agent has not written a program yet."
@@ -277,6 +332,9 @@ class PlanningEnv(TurnBasedTextEnv):
         return self.solved
 
     def _expert_reply(self, agent: str, wrong: bool) -> str:
+        # A recovery episode's first round is wrong whatever the policy says; `wrong` (the
+        # expert policy's error_rate, decided per episode) still makes every round wrong.
+        wrong = wrong or (self.recovery_episode and self.round_idx == 0)
         if agent == "tool":
             return f"{self.solver_summary}\n\n```python\n{self._solver_program(wrong)}```"
         plan = self._wrong_plan() if wrong else self.solution

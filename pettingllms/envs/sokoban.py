@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pettingllms.envs import sokoban_board as board
-from pettingllms.envs.planning import PlanCheck, PlanningEnv, embed_solver, format_moves, parse_moves
+from pettingllms.envs.planning import PlanCheck, PlanningEnv, embed_puzzle, embed_solver, format_moves, parse_moves
 
 
 class SokobanEnv(PlanningEnv):
@@ -64,11 +64,21 @@ class SokobanEnv(PlanningEnv):
     - `max_turns`: rounds (one tool and one planner turn each), default 3.
     - `dim`: side of the room including its walls, at least 5; default 6.
     - `num_boxes`: boxes (and goals), default 1.
+    - `expert_program`: the program the expert's tool writes. "compact" (default): it opens
+      with the puzzle exactly as the prompt shows it, in a triple-quoted string, and a short
+      solver parses it there (a model learns to copy text sooner than to re-encode it).
+      "v0": v0's program, a solver function's source and the puzzle as a Python literal.
+    - `recovery_rate`: share of episodes, chosen by a hash of the task id, that the expert
+      plays wrong in round 1 and right afterwards, so the data holds later rounds and their
+      "Earlier rounds" history; default 0. Needs `max_turns` >= 2.
     - `render_mode`: None or "ansi"; `render()` returns the room as text, as the last plan
       left it.
 
     ## Version history
     * v0: initial version.
+    * v1: the expert's tool writes the "compact" program (the puzzle copied verbatim, about
+      half the tokens of v0's; `expert_program="v0"` gives v0's); arguments `expert_program`
+      and `recovery_rate`.
     """
 
     game_name = "sokoban"
@@ -76,8 +86,16 @@ class SokobanEnv(PlanningEnv):
     answer_format = 'Actions: ["Up", "Left", ...] (the moves in order; each is Up, Down, Left or Right)'
     solver_summary = "Breadth-first search over the player and box positions finds a shortest plan:"
 
-    def __init__(self, max_turns: int | None = None, render_mode: str | None = None, dim: int = 6, num_boxes: int = 1):
-        super().__init__(max_turns=max_turns, render_mode=render_mode)
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+        dim: int = 6,
+        num_boxes: int = 1,
+        expert_program: str = "compact",
+        recovery_rate: float = 0.0,
+    ):
+        super().__init__(max_turns, render_mode, expert_program, recovery_rate)
         if not isinstance(dim, int) or dim < 5:
             raise ValueError(f"dim must be an integer of at least 5, got {dim!r}")
         most_boxes = ((dim - 2) ** 2 - 3) // 2
@@ -131,5 +149,7 @@ class SokobanEnv(PlanningEnv):
         return self.solution[:-1]
 
     def _solver_program(self, wrong: bool) -> str:
-        rows = board.render_room(self.room).splitlines()
-        return embed_solver(board.solve_sokoban, repr(rows), ["answer = answer[:-1]"] if wrong else [])
+        if self.expert_program == "v0":
+            rows = board.render_room(self.room).splitlines()
+            return embed_solver(board.solve_sokoban, repr(rows), ["answer = answer[:-1]"] if wrong else [])
+        return embed_puzzle(self._puzzle_text(), board.SOLVER_PROGRAM, ["plan = plan[:-1]"] if wrong else [])

@@ -185,6 +185,39 @@ def solve_sokoban(rows):
 # fmt: on
 
 
+# The expert's "compact" tool program, after the `puzzle = """..."""` block that holds the room
+# as the prompt draws it (`planning.embed_puzzle`). Training data too, so the formatter keeps out.
+# The same breadth-first search as `solve_sokoban` (same move order, first path found wins), so
+# it prints the same plan; its last line prints the `Actions:` line (an expert's wrong edit goes before).
+# fmt: off
+SOLVER_PROGRAM = """\
+import json
+
+cells = {(r, c): x for r, row in enumerate(puzzle.split()) for c, x in enumerate(row)}
+walls, goals, boxes = ({p for p in cells if cells[p] in s} for s in ("#", "O√S", "X√"))
+start = next(p for p in cells if cells[p] in "PS"), frozenset(boxes)
+plans, queue = {start: []}, [start]
+for state in queue:
+    (r, c), boxes = state
+    if boxes <= goals:
+        break
+    for move, dr, dc in ("Up", -1, 0), ("Down", 1, 0), ("Left", 0, -1), ("Right", 0, 1):
+        p, q = (r + dr, c + dc), (r + 2 * dr, c + 2 * dc)
+        if p in boxes and q not in walls | boxes:
+            after = p, boxes - {p} | {q}
+        elif p not in walls | boxes:
+            after = p, boxes
+        else:
+            continue
+        if after not in plans:
+            plans[after] = plans[state] + [move]
+            queue.append(after)
+plan = plans[state]
+print("Actions: " + json.dumps(plan))
+"""
+# fmt: on
+
+
 def generate_room(
     rng: np.random.Generator, dim: int = 6, num_boxes: int = 1, min_moves: int = 4
 ) -> tuple[Room, list[str]]:

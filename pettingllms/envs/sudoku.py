@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pettingllms.envs import sudoku_board as board
-from pettingllms.envs.planning import PlanCheck, PlanningEnv, embed_solver, parse_number_grid
+from pettingllms.envs.planning import PlanCheck, PlanningEnv, embed_puzzle, embed_solver, parse_number_grid
 
 
 class SudokuEnv(PlanningEnv):
@@ -59,18 +59,39 @@ class SudokuEnv(PlanningEnv):
     - `max_turns`: rounds (one tool and one planner turn each), default 3.
     - `size`: side of the grid, a perfect square (4, 9); default 4.
     - `num_empty`: empty cells, from 1 to size*size; default 6.
+    - `expert_program`: the program the expert's tool writes. "compact" (default): it opens
+      with the puzzle exactly as the prompt shows it, in a triple-quoted string, and a short
+      solver parses it there (a model learns to copy text sooner than to re-encode it).
+      "v0": v0's program, a solver function's source and the puzzle as a Python literal.
+    - `recovery_rate`: share of episodes, chosen by a hash of the task id, that the expert
+      plays wrong in round 1 and right afterwards, so the data holds later rounds and their
+      "Earlier rounds" history; default 0. Needs `max_turns` >= 2.
     - `render_mode`: None or "ansi"; `render()` returns the grid as text (the last answer,
       once there is one).
 
     ## Version history
     * v0: initial version.
+    * v1: the expert's tool writes the "compact" program (the puzzle copied verbatim, about
+      half the tokens of v0's; `expert_program="v0"` gives v0's); arguments `expert_program`
+      and `recovery_rate`.
     """
 
     game_name = "sudoku"
-    solver_summary = "Backtracking search, filling the empty cell with the fewest candidates first, solves the grid:"
+    solver_summary = "Backtracking search, filling the empty cells in order, solves the grid:"
+    v0_solver_summary = "Backtracking search, filling the empty cell with the fewest candidates first, solves the grid:"
 
-    def __init__(self, max_turns: int | None = None, render_mode: str | None = None, size: int = 4, num_empty: int = 6):
-        super().__init__(max_turns=max_turns, render_mode=render_mode)
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+        size: int = 4,
+        num_empty: int = 6,
+        expert_program: str = "compact",
+        recovery_rate: float = 0.0,
+    ):
+        super().__init__(max_turns, render_mode, expert_program, recovery_rate)
+        if expert_program == "v0":
+            self.solver_summary = self.v0_solver_summary
         if not isinstance(size, int):
             raise ValueError(f"size must be an integer perfect square (4, 9), got {size!r}")
         side = board.box_side(size)
@@ -125,4 +146,9 @@ class SudokuEnv(PlanningEnv):
 
     def _solver_program(self, wrong: bool) -> str:
         row, col, value = self._wrong_cell()
-        return embed_solver(board.solve_sudoku, repr(self.puzzle), [f"answer[{row}][{col}] = {value}"] if wrong else [])
+        if self.expert_program == "v0":
+            edits = [f"answer[{row}][{col}] = {value}"] if wrong else []
+            return embed_solver(board.solve_sudoku, repr(self.puzzle), edits)
+        return embed_puzzle(
+            self._puzzle_text(), board.SOLVER_PROGRAM, [f"grid[{row}][{col}] = {value}"] if wrong else []
+        )

@@ -116,6 +116,39 @@ def solve_sudoku(grid):
 # fmt: on
 
 
+# The expert's "compact" tool program, after the `puzzle = """..."""` block that holds the grid
+# as the prompt draws it (`planning.embed_puzzle`). Training data too, so the formatter keeps out.
+# Plain backtracking, the first empty cell first, smallest value first: it finds the puzzle's
+# unique solution (or the first completion of a puzzle with several); its last line prints the
+# `Actions:` line (an expert's wrong edit goes before).
+# fmt: off
+SOLVER_PROGRAM = """\
+grid = [[0 if x == "." else int(x) for x in row.split()] for row in puzzle.strip().splitlines()]
+n = len(grid)
+k = int(n ** 0.5)
+
+
+def solve():
+    for r in range(n):
+        for c in range(n):
+            if grid[r][c] == 0:
+                box = [grid[r - r % k + i // k][c - c % k + i % k] for i in range(n)]
+                for v in range(1, n + 1):
+                    if v not in grid[r] + [row[c] for row in grid] + box:
+                        grid[r][c] = v
+                        if solve():
+                            return True
+                grid[r][c] = 0
+                return False
+    return True
+
+
+solve()
+print("Actions:", grid)
+"""
+# fmt: on
+
+
 def count_solutions(grid: Grid, limit: int = 2) -> int:
     """How many solutions `grid` has, counting no further than `limit`."""
     if find_conflicts(grid):
