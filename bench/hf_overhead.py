@@ -1,10 +1,12 @@
 """The `hf` backend: `collect` time vs raw `model.generate` on the same prompts and batches, and scaling.
 
     .venv/bin/python bench/hf_overhead.py                    # ~2-3 minutes on 2 cores
-    .venv/bin/python bench/hf_overhead.py --episodes 256 --batch 16 --scaling 1 16 64
+    .venv/bin/python bench/hf_overhead.py --episodes 256 --batch 16 --in-flight 1 --scaling 1 16 64
 
 Overhead: `collect` on math_single_agent with the tiny model (one-turn episodes, 32 new
-tokens, greedy), `rollout_concurrency` = `max_batch_size` = `--batch`. Each collect run
+tokens, greedy), `max_batch_size` = `--batch` and `rollout_concurrency` = `--in-flight` x
+`--batch` (2 by default: while one batch generates, the episodes of the other step their envs,
+so env work hides behind generate; 1 shows the cost of not overlapping). Each collect run
 records the prompts its policy was sent; right after it, the same prompts, in full batches of
 `--batch`, go through the tokenizer, `model.generate` and `decode` alone (the least any
 toolkit must do). Runs alternate, and the ratio collect / raw is the median over the
@@ -30,7 +32,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the tiny model loses from intra
 os.environ.setdefault("PETTINGLLMS_PROGRESS", "0")
 
 
-def run_collect(concurrency: int, episodes: int, batches: list[list[str]] | None = None) -> tuple[float, float]:
+def run_collect(
+    concurrency: int, episodes: int, batches: list[list[str]] | None = None, in_flight: int = 1
+) -> tuple[float, float]:
     """Seconds of one `collect`, and from its first generate's start to its last one's end.
 
     The prompt batches its policy formed are appended to `batches`.
@@ -63,7 +67,7 @@ def run_collect(concurrency: int, episodes: int, batches: list[list[str]] | None
                     "env.name=math_single_agent",
                     "env.max_turns=1",
                     f"training.sft_num_episodes={episodes}",
-                    f"training.rollout_concurrency={concurrency}",
+                    f"training.rollout_concurrency={concurrency * in_flight}",
                     f"training.sft_data_dir={folder}",
                     "training.run_name=bench",
                 ]
@@ -104,14 +108,16 @@ def run_raw(model, tokenizer, prompts: list[str], batch: int, max_tokens: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=128)
+    parser.add_argument("--episodes", type=int, default=640, help="episodes per run of the overhead figure")
+    parser.add_argument("--scaling-episodes", type=int, default=128, help="episodes per run of the scaling figure")
     parser.add_argument("--batch", nargs="+", type=int, default=[16], help="batch sizes of the overhead figure")
+    parser.add_argument("--in-flight", type=int, default=2, help="episodes in flight per batch slot (overhead figure)")
     parser.add_argument("--scaling", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tiny run, to check that the script works")
     args = parser.parse_args()
     if args.quick:
-        args.episodes, args.batch, args.scaling, args.repeats = 8, [4], [1, 4], 1
+        args.episodes, args.scaling_episodes, args.batch, args.scaling, args.repeats = 8, 8, [4], [1, 4], 1
     from pettingllms.console import quiet_libraries
 
     quiet_libraries()
@@ -122,7 +128,7 @@ def main() -> None:
         ratios, serving_ratios, raw_s, served = [], [], [], []
         for _ in range(args.repeats):
             batches: list[list[str]] = []
-            whole_s, serving_s = run_collect(batch, args.episodes, batches)
+            whole_s, serving_s = run_collect(batch, args.episodes, batches, args.in_flight)
             raw_s.append(run_raw(model, tokenizer, [prompt for b in batches for prompt in b], batch, 32))
             ratios.append(whole_s / raw_s[-1])
             serving_ratios.append(serving_s / raw_s[-1])
@@ -136,12 +142,19 @@ def main() -> None:
     speeds: dict[int, list[float]] = {}
     for _ in range(args.repeats):
         for concurrency in args.scaling:
-            speeds.setdefault(concurrency, []).append(args.episodes / run_collect(concurrency, args.episodes)[0])
+            seconds = run_collect(concurrency, args.scaling_episodes)[0]
+            speeds.setdefault(concurrency, []).append(args.scaling_episodes / seconds)
     base = median(speeds[args.scaling[0]])
     scaling = {
         c: {"episodes_per_s": round(median(v), 2), "speedup": round(median(v) / base, 2)} for c, v in speeds.items()
     }
-    result = {"episodes": args.episodes, "repeats": args.repeats, "overhead": overhead, "scaling": scaling}
+    result = {
+        "episodes": args.episodes,
+        "in_flight": args.in_flight,
+        "repeats": args.repeats,
+        "overhead": overhead,
+        "scaling": scaling,
+    }
     summary = "; ".join(
         f"batch {b}: collect = {o['collect_over_raw']:.2f}x raw generate "
         f"({o['serving_over_raw']:.2f}x from the first generate to the last)"
