@@ -274,9 +274,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_filter(args: argparse.Namespace) -> int:
     from pettingllms.curation import describe_result, filter_run
+    from pettingllms.dataset_card import write_card
 
-    result = filter_run(args.run, args.overrides, args.output, data_dir=args.data_dir)
+    result = filter_run(args.run, args.overrides, args.output, data_dir=args.data_dir, rejudge=args.rejudge)
     print("\n".join(describe_result(result)))
+    write_card(result.files.directory)
     return 0
 
 
@@ -300,8 +302,10 @@ def _collect(config):
         ("records", result.files.records),
         ("stats", result.files.stats),
         ("rollouts", result.files.rollouts),
+        ("card", result.card),
     ):
-        print(f"  {label:9s}{path}")
+        if path is not None:
+            print(f"  {label:9s}{path}")
     if result.interrupted:
         # The run is over and its files are whole; more Ctrl-C presses must not turn the exit into a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -442,12 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("runs", nargs="+", metavar="RUN", help=run_help + "; several runs go side by side")
     stats.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
     stats.add_argument("--json", action="store_true", help="print each run's stats-file JSON instead of tables")
-    stats.add_argument("--plot", action="store_true", help="also write PNGs into plots_<run>/ beside each run")
+    stats.add_argument("--plot", action="store_true", help="also write PNGs into runs/plots_<run>/ beside each run")
     stats.set_defaults(handler=cmd_stats)
     report = commands.add_parser("report", help="write one self-contained HTML page about a run")
     report.add_argument("run", metavar="RUN", help=run_help)
     report.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
-    report.add_argument("--output", metavar="FILE", help="where the page goes (default: report_<run>.html beside it)")
+    report.add_argument("--output", metavar="FILE", help="where the page goes (default: runs/report_<run>.html)")
     report.add_argument("--training", metavar="DIR", help="the run's training folder (default: found from its config)")
     report.set_defaults(handler=cmd_report)
     from pettingllms.curation import FILTER_HELP
@@ -459,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("overrides", nargs="*", metavar="key=value", help=FILTER_HELP)
     curate.add_argument("--output", required=True, metavar="NAME", help="name of the new records, beside RUN's files")
     curate.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
+    curate.add_argument(
+        "--rejudge", action="store_true", help="score the episodes again with the run's judge or reward.judge.*"
+    )
     curate.set_defaults(handler=cmd_filter)
     return parser
 

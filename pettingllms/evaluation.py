@@ -42,6 +42,7 @@ def evaluation_config(config: Config) -> Config:
     training = plan.training
     training.sft_num_episodes = settings.num_episodes
     training.num_samples_per_task = settings.num_samples_per_task
+    training.min_successes_per_task = training.max_samples_per_task = None  # a test plays every sample
     training.rollout_concurrency = settings.concurrency
     training.seed = settings.seed
     training.sft_data_dir = settings.output_dir

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from array import array
 from collections import Counter
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from pettingllms.exceptions import DataError
+from pettingllms.near_duplicates import NearDuplicateIndex
 
 
 class Message(TypedDict):
@@ -32,8 +30,20 @@ class EpisodeError(TypedDict):
     message: str
 
 
+class Judgement(TypedDict):
+    """A judge's verdict on a turn (`reward.judge`): the turn's `judge` field, absent when not judged."""
+
+    score: float | None
+    """In [0, 1]; None when the judge's reply had no readable score or its server failed (see `error`)."""
+    text: str
+    error: EpisodeError | None
+    unit: str
+    """'turn' (a call for this turn) or 'episode' (one call scored every judged turn of the episode)."""
+
+
 class Turn(TypedDict):
-    """One agent's reply and what the environment made of it."""
+    """One agent's reply and what the environment made of it; a judged turn also has `judge` (a
+    `Judgement`) and `combined_reward` (see `pettingllms.judge`)."""
 
     turn_idx: int
     agent: str
@@ -147,6 +157,12 @@ def turn_is_successful(episode: Episode, turn: Turn, collect_mode: str) -> bool:
     return bool(episode["success"])
 
 
+def turn_reward(turn: Turn) -> float | None:
+    """The reward `min_reward` compares: a judged turn's combined reward (None when the judge gave no
+    score that counts), else the env's reward."""
+    return turn["combined_reward"] if "combined_reward" in turn else turn["reward"]
+
+
 def make_record(episode: Episode, turn: Turn) -> Record:
     """One agent turn as a training record: the prompt the agent saw plus its reply."""
     messages = [*turn["messages"], {"role": "assistant", "content": turn["response"]}]
@@ -164,6 +180,9 @@ def make_record(episode: Episode, turn: Turn) -> Record:
         "task_id": episode["task_id"],
         "seed": episode["seed"],
     }
+    if "judge" in turn:
+        metadata["judge_score"] = turn["judge"]["score"]
+        metadata["combined_reward"] = turn.get("combined_reward")
     return {"messages": messages, "metadata": metadata}
 
 
@@ -177,6 +196,7 @@ COLLECTION_FILTER_KEYS = (
     "drop_crashed_programs",
     "max_reply_chars",
     "max_invalid_actions",
+    "min_reward",
 )
 """The `training.*` settings that decide which turns collection keeps (the `RecordFilter` fields of the same
 names); `RecordFilter.from_settings` reads them, a missing one is off."""
@@ -185,6 +205,7 @@ DROP_REASONS = (
     "not_trainable",
     "not_successful",
     "agent_not_selected",
+    "judge_error",
     "reward_below_min",
     "too_many_invalid_actions",
     "truncated",
@@ -224,7 +245,7 @@ class RecordFilter:
     agents: tuple[str, ...] = ()
     """Keep only these agents' turns (empty: all). Set by `pettingllms filter`, not by collection."""
     min_reward: float | None = None
-    """Keep only turns whose reward is at least this. Set by `pettingllms filter`, not by collection."""
+    """Keep only turns whose reward (`turn_reward`: the combined reward of a judged turn) is at least this."""
     removed: Counter = field(default_factory=Counter)
     _seen: set[str] = field(default_factory=set)
     _per_task: Counter = field(default_factory=Counter)
@@ -247,7 +268,7 @@ class RecordFilter:
     def settings(self) -> dict[str, Any]:
         """The filter's settings (not its memory), JSON-ready."""
         values = {name: getattr(self, name) for name in COLLECTION_FILTER_KEYS}
-        return {**values, "agents": list(self.agents), "min_reward": self.min_reward}
+        return {**values, "agents": list(self.agents)}
 
     def keep(self, episode: Episode) -> list[Record]:
         """The records to write for a finished episode, updating the filter's memory."""
@@ -281,8 +302,12 @@ class RecordFilter:
             return "not_successful"
         if self.agents and turn["agent"] not in self.agents:
             return "agent_not_selected"
-        if self.min_reward is not None and not turn["reward"] >= self.min_reward:
-            return "reward_below_min"
+        if self.min_reward is not None:
+            reward = turn_reward(turn)
+            if reward is None:
+                return "judge_error"
+            if not reward >= self.min_reward:
+                return "reward_below_min"
         return None
 
     def _late_reason(self, episode: Episode, turn: Turn) -> str | None:
@@ -345,127 +370,10 @@ def _run_crashed(run: dict[str, Any], tested: bool) -> bool:
 # ---------------------------------------------------------------- near-duplicates
 
 
-def shingles(text: str) -> frozenset[int]:
-    """The word 3-grams of `text` (lowercased, split on any whitespace), as hashes; a shorter text is one shingle.
-
-    Hashes rather than strings keep the sets small and the comparisons fast; two different
-    3-grams of one group sharing a 64-bit hash is too unlikely to matter.
-    """
-    words = text.lower().split()
-    if len(words) < 3:
-        return frozenset([hash(tuple(words))])
-    return frozenset(map(hash, zip(words, words[1:], words[2:])))
-
-
-def jaccard(first: frozenset[int], second: Collection[int]) -> float:
-    """|A & B| / |A | B| of two sets of shingles (`second` may be any collection without repeats)."""
-    common = len(first.intersection(second))
-    return common / (len(first) + len(second) - common)
-
-
 def near_duplicate_group(episode: Episode, turn: Turn) -> tuple[Any, str]:
     """Replies are compared within one task and agent: (task_id, or the seed when the env names no task; agent)."""
     task = episode["task_id"] if episode["task_id"] is not None else f"seed {episode['seed']}"
     return task, turn["agent"]
-
-
-class NearDuplicateIndex:
-    """Kept replies per group, answering exactly: is a kept reply's Jaccard similarity to this one >= threshold?
-
-    Comparing a reply with every kept one is quadratic. A prefix filter (as in set-similarity
-    joins: Bayardo et al., "Scaling up all pairs similarity search", 2007) makes it close to
-    linear: with every set's shingles sorted in one shared order, two sets of similarity >= t
-    share a shingle among the first `|A| - floor(t |A|) + 1` shingles of each. Only the kept
-    replies that share one of those, and whose sizes allow the threshold, are compared in full.
-    The order decides only how many candidates are compared, never the answer; see `_Group`.
-    """
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-        self._groups: dict[Any, _Group] = {}
-        self._last: tuple[str, frozenset[int]] | None = None
-
-    def _shingles(self, text: str) -> frozenset[int]:
-        # `contains` then `add` for the same reply: shingle it once.
-        if self._last is None or self._last[0] != text:
-            self._last = (text, shingles(text))
-        return self._last[1]
-
-    def contains(self, group: Any, text: str) -> bool:
-        """Whether a kept reply of `group` is near-identical to `text`."""
-        kept = self._groups.get(group)
-        return kept is not None and kept.contains(self._shingles(text), self.threshold)
-
-    def add(self, group: Any, text: str) -> None:
-        """Remember `text` as a kept reply of `group`."""
-        self._groups.setdefault(group, _Group()).add(self._shingles(text), self.threshold)
-
-
-class _Group:
-    """The kept shingle sets of one (task, agent), indexed by their prefixes.
-
-    The shared order puts shingles that several kept replies hold (text every reply shares: a
-    code template, an answer format) last, by how many hold them, so that they stay outside the
-    prefixes and do not make every kept reply a candidate; the others come first, by value. The
-    counts are taken from up to `SAMPLE` kept replies whenever the group doubles in size (from 32
-    on), and the index is rebuilt in the new order: amortized, a constant cost per reply.
-    Kept sets are stored as arrays of 8-byte hashes (a set of Python ints takes about 8 times more).
-    """
-
-    SAMPLE = 64
-
-    def __init__(self) -> None:
-        self.sets: list[array] = []
-        self.index: dict[int, list[int]] = {}
-        self.shared: dict[int, int] = {}
-        """The order's counts: shingle -> sampled kept sets holding it, for those held by two or more."""
-        self.next_rebuild = 32
-        self._probed: tuple[frozenset[int], list[int]] | None = None
-
-    def prefix(self, items: frozenset[int], threshold: float) -> list[int]:
-        # floor, not the lemma's ceil: a longer prefix is as correct, and immune to float rounding.
-        length = len(items) - math.floor(threshold * len(items)) + 1
-        shared = self.shared
-        rare = sorted(items.difference(shared))  # a dict argument: looked up, not iterated
-        if len(rare) >= length:
-            return rare[:length]
-        common = sorted(items.difference(rare), key=lambda item: (shared[item], item))
-        return (rare + common)[:length]
-
-    def contains(self, candidate: frozenset[int], threshold: float) -> bool:
-        prefix = self.prefix(candidate, threshold)
-        self._probed = (candidate, prefix)  # `add` usually follows: sort once
-        checked: set[int] = set()
-        for item in prefix:
-            for number in self.index.get(item, ()):
-                if number in checked:
-                    continue
-                checked.add(number)
-                other = self.sets[number]
-                small, large = sorted((len(candidate), len(other)))  # J <= small / large
-                if small / large >= threshold and jaccard(candidate, other) >= threshold:
-                    return True
-        return False
-
-    def add(self, items: frozenset[int], threshold: float) -> None:
-        self.sets.append(array("q", items))
-        if len(self.sets) < self.next_rebuild:
-            probed = self._probed
-            prefix = probed[1] if probed is not None and probed[0] is items else self.prefix(items, threshold)
-            self._index(len(self.sets) - 1, prefix)
-            return
-        self.next_rebuild *= 2
-        counts: Counter = Counter()
-        for kept in self.sets[:: len(self.sets) // self.SAMPLE or 1]:
-            counts.update(kept)
-        self.shared = {item: count for item, count in counts.items() if count > 1}
-        self.index = {}
-        for number, kept in enumerate(self.sets):
-            self._index(number, self.prefix(frozenset(kept), threshold))
-
-    def _index(self, number: int, prefix: list[int]) -> None:
-        for item in prefix:
-            self.index.setdefault(item, []).append(number)
 
 
 def record_key(record: Record) -> str:
@@ -489,6 +397,60 @@ def summarize_lengths(values: list[int]) -> dict[str, float]:
     }
 
 
+def episode_succeeded(episode: Episode) -> bool:
+    """The episode's own success (whatever `collect_mode` keeps); an episode that ended in an error did not succeed."""
+    return bool(episode["success"]) and not episode.get("error")
+
+
+@dataclass(frozen=True)
+class SampleQuota:
+    """Sampling until success (`training.min_successes_per_task`, `training.max_samples_per_task`).
+
+    A run of at most `episodes` episodes has ceil(episodes / max_samples) tasks; task t owns
+    episodes t * max_samples onwards, so the last task may own fewer than `max_samples`.
+    """
+
+    min_successes: int
+    max_samples: int
+    episodes: int
+
+    def samples_of(self, task: int) -> int:
+        """How many samples task number `task` (its `env_idx`) may play."""
+        return max(0, min(self.max_samples, self.episodes - task * self.max_samples))
+
+
+@dataclass
+class JudgeStats:
+    """What the judge did, counted from the episodes' judged turns; a call scores a turn, or a whole episode."""
+
+    calls: int = 0
+    judged_turns: int = 0
+    scores: list[float] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+
+    def add(self, episode: Episode) -> None:
+        judgements = [turn["judge"] for turn in episode["turns"] if "judge" in turn]
+        per_episode = [judgement for judgement in judgements if judgement["unit"] == "episode"]
+        calls = [judgement for judgement in judgements if judgement["unit"] != "episode"] + per_episode[:1]
+        self.calls += len(calls)
+        self.judged_turns += len(judgements)
+        for judgement in calls:
+            if judgement["score"] is None:
+                self.errors[judgement["error"]["kind"]] += 1
+            else:
+                self.scores.append(judgement["score"])
+
+    def to_dict(self) -> dict[str, Any]:
+        mean = round(sum(self.scores) / len(self.scores), 4) if self.scores else None
+        return {
+            "calls": self.calls,
+            "judged_turns": self.judged_turns,
+            "scored": len(self.scores),
+            "errors": dict(sorted(self.errors.items())),
+            "mean_score": mean,
+        }
+
+
 @dataclass
 class CollectionStats:
     """Counts of what really happened: episodes are episodes, records are agent turns."""
@@ -506,11 +468,34 @@ class CollectionStats:
     completion_tokens: int = 0
     record_chars: list[int] = field(default_factory=list)
     record_tokens: list[int] = field(default_factory=list)
+    reply_tokens: int | None = 0
+    """Tokens of every reply generated, kept or not; None once an episode's could not be counted."""
+    task_samples: dict[int, list[int]] = field(default_factory=dict)
+    """Task (`env_idx`) -> [samples played, samples that succeeded]."""
+    quota: SampleQuota | None = None
+    """Set when the run samples until success, so that the stats say how each task ended."""
+    judge: JudgeStats = field(default_factory=lambda: JudgeStats())
 
-    def add(self, episode: Episode, kept: list[Record], record_tokens: list[int] | None = None) -> None:
-        """Count one finished episode and the records kept from it."""
+    def add(
+        self,
+        episode: Episode,
+        kept: list[Record],
+        record_tokens: list[int] | None = None,
+        reply_tokens: int | None = None,
+    ) -> None:
+        """Count one finished episode and the records kept from it; `reply_tokens` (the tokens of all
+        its replies) is None where no count is at hand, which leaves the run's tokens spent unknown."""
         self.episodes += 1
-        self.successful += bool(episode["success"]) and not episode.get("error")
+        self.judge.add(episode)
+        succeeded = episode_succeeded(episode)
+        self.successful += succeeded
+        samples = self.task_samples.setdefault(episode["env_idx"], [0, 0])
+        samples[0] += 1
+        samples[1] += succeeded
+        if reply_tokens is None or self.reply_tokens is None:
+            self.reply_tokens = None
+        else:
+            self.reply_tokens += reply_tokens
         if episode.get("error"):
             self.errors[episode["error"]["kind"]] += 1
         for turn in episode["turns"]:
@@ -527,6 +512,7 @@ class CollectionStats:
 
     def to_dict(self, wall_time_s: float, removed: Counter, tokenizer_name: str | None = None) -> dict[str, Any]:
         """The stats file's content."""
+        judged = {"judge": self.judge.to_dict()} if self.judge.calls else {}
         return {
             "env_name": self.env_name,
             "run_name": self.run_name,
@@ -543,6 +529,7 @@ class CollectionStats:
             },
             "removed": dict(sorted(removed.items())),
             "errors": dict(sorted(self.errors.items())),
+            **judged,
             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
             "wall_time_s": round(wall_time_s, 3),
             "episodes_per_s": round(self.episodes / wall_time_s, 3) if wall_time_s > 0 else 0.0,
@@ -550,4 +537,31 @@ class CollectionStats:
             "kept_record_tokens": (
                 {"tokenizer": tokenizer_name, **summarize_lengths(self.record_tokens)} if tokenizer_name else None
             ),
+            "tokens_spent_per_kept_record": (
+                round(self.reply_tokens / self.kept, 1) if self.reply_tokens is not None and self.kept else None
+            ),
+            "per_task": self.per_task(),
         }
+
+    def per_task(self) -> dict[str, Any]:
+        """The tasks' yield: how many of their played samples succeeded and, sampling until success, how each ended."""
+        counts = list(self.task_samples.items())
+        quota = self.quota
+        summary: dict[str, Any] = {
+            "tasks": len(counts),
+            "solved_by_all": sum(succeeded == played for _, (played, succeeded) in counts),
+            "solved_by_some": sum(0 < succeeded < played for _, (played, succeeded) in counts),
+            "solved_by_none": sum(succeeded == 0 for _, (_, succeeded) in counts),
+            "min_successes": quota.min_successes if quota else None,
+            "max_samples": quota.max_samples if quota else None,
+            "reached_min_successes": None,
+            "hit_max_samples": None,
+        }
+        if quota:
+            ends = [
+                (succeeded >= quota.min_successes, played >= quota.samples_of(task))
+                for task, (played, succeeded) in counts
+            ]
+            summary["reached_min_successes"] = sum(reached for reached, _ in ends)
+            summary["hit_max_samples"] = sum(every_sample and not reached for reached, every_sample in ends)
+        return summary

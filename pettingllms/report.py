@@ -68,9 +68,10 @@ def write_report(
 
 
 def report_path(run: LoadedRun) -> Path:
-    """Where the report of a run goes by default: `report_<run>.html` beside its files."""
-    name = run.files.run_name if run.files else run.path.stem
-    return run.path.parent / f"report_{name}.html"
+    """Where the report of a run goes by default: `report_<run>.html` beside its rollouts (in `runs/`)."""
+    if run.files is None:
+        return run.path.parent / f"report_{run.path.stem}.html"
+    return run.files.folder / f"report_{run.files.run_name}.html"
 
 
 # ---------------------------------------------------------------- the page (pure: data in, text out)

@@ -78,7 +78,7 @@ def standard_episodes() -> list[dict]:
 def write_run(directory: Path, run: str, episodes: list[dict], training: dict | None = None) -> RunFiles:
     """The files of run `run` in `directory`: rollouts, config (with `training` settings), stats."""
     files = RunFiles(directory, run)
-    directory.mkdir(parents=True, exist_ok=True)
+    files.prepare()
     files.rollouts.write_text("".join(json.dumps(episode) + "\n" for episode in episodes))
     settings = {"only_success": True, "collect_mode": "env", "num_samples_per_task": 2, **(training or {})}
     config = {"identity": {"env": {"name": "toy"}, "note": "<b>bold</b>"}, "config": {"training": settings}}

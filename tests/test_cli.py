@@ -68,14 +68,14 @@ def test_train_data_paths_from_a_list_commas_or_the_run_name():
 
 
 def test_train_only_fine_tunes_the_model_that_collected_the_data(tmp_path):
-    import json
-
     from pettingllms.models import collecting_model
+    from pettingllms.runfiles import RunFiles, write_json_atomic
 
     def collected_by(run, policy):
-        (tmp_path / f"sft_data_{run}.jsonl").write_text("")
-        (tmp_path / f"sft_data_{run}_config.json").write_text(json.dumps({"config": {"policy": policy}}))
-        return str(tmp_path / f"sft_data_{run}.jsonl")
+        files = RunFiles(tmp_path, run)
+        files.records.write_text("")
+        write_json_atomic(files.config, {"config": {"policy": policy}})
+        return str(files.records)
 
     qwen = collected_by("a", {"backend": "hf", "model_path": "/models/qwen"})
     assert collecting_model([qwen]) == "/models/qwen"
@@ -136,7 +136,9 @@ def test_hydra_style_config_path_and_name_select_a_preset(tmp_path):
         "training.sft_data_dir=data", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    stats = (tmp_path / "data" / "sft_data_h_stats.json").read_text()
+    from pettingllms.runfiles import RunFiles
+
+    stats = RunFiles(tmp_path / "data", "h").stats.read_text()
     assert '"env_name": "sudoku"' in stats and '"total_episodes": 2' in stats
     missing = run_cli("collect", "--config-path", str(presets), "--config-name", "big", cwd=tmp_path)
     assert missing.returncode == 2 and "there is no" in missing.stderr and "has: small" in missing.stderr

@@ -188,7 +188,7 @@ def test_a_full_disk_is_one_line_leaves_no_temp_file_and_resumes(small_disk, tmp
     result = run_cli("collect", *args, cwd=tmp_path)
     line = one_error_line(result)
     assert "No space left on device" in line and str(small_disk) in line and "resume" in line
-    assert not list(small_disk.glob("*.tmp")), list(small_disk.iterdir())
+    assert not list(small_disk.rglob("*.tmp")), list(small_disk.rglob("*"))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = run_cli("collect", *args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -259,7 +259,7 @@ def test_a_refused_start_leaves_no_empty_run_behind(tmp_path):
     config = load_config([*SOKOBAN, f"training.sft_data_dir={tmp_path}", "training.run_name=solo"])
     with pytest.raises(DataError):
         collect(config)
-    assert not (tmp_path / "rollouts_solo.jsonl").exists()
+    assert not RunFiles(tmp_path, "solo").rollouts.exists()
 
 
 def test_resume_compares_sampling_but_not_default_spellings(small_run):

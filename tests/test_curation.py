@@ -50,6 +50,17 @@ def test_given_filters_replace_the_run_s_own_and_the_rest_stay():
     assert build_filter(None, {}).settings() == build_filter({}, {}).settings()  # no saved config: the defaults
 
 
+def test_a_run_collected_with_min_reward_filters_with_it_until_a_filter_replaces_it(tmp_path):
+    write_run(tmp_path, "big", standard_episodes(), training={"min_reward": 0.5})
+    own = filter_run("big", [], "own", data_dir=str(tmp_path))
+    assert own.settings["min_reward"] == 0.5 and own.stats["kept_records"] == 3
+    assert own.stats["removed"]["reward_below_min"] == 5
+    loose = filter_run("big", ["min_reward=null"], "loose", data_dir=str(tmp_path))
+    assert "reward_below_min" not in loose.stats["removed"] and loose.stats["kept_records"] == 8
+    config = json.loads(loose.files.config.read_text())
+    assert config["config"]["training"]["min_reward"] is None and config["filters"]["min_reward"] is None
+
+
 @pytest.mark.parametrize(
     "item, message",
     [
@@ -100,7 +111,7 @@ def test_filter_writes_records_stats_and_a_config_saying_where_they_came_from(tm
     assert stats["kept_records"] + sum(stats["removed"].values()) == stats["total_records"]
     assert stats["removed"]["agent_not_selected"] > 0 and stats["wall_time_s"] == 3.5
     config = json.loads(files.config.read_text())
-    assert config["filtered_from"] == {"run": "big", "rollouts": str(source.rollouts)}
+    assert config["filtered_from"] == {"run": "big", "rollouts": str(source.rollouts), "rejudged": False}
     assert config["filters"]["only_success"] is False and config["filters"]["agents"] == ["planner"]
     assert (
         config["config"]["training"]["only_success"] is False and config["config"]["training"]["run_name"] == "planners"
@@ -165,7 +176,8 @@ def test_filter_with_the_run_s_own_settings_reproduces_collect_byte_for_byte(tmp
     assert result.files.records.read_bytes() == collected.files.records.read_bytes()
     stats = json.loads(result.files.stats.read_text())
     different = {key for key in stats if stats[key] != collected.stats[key]}
-    assert different == {"run_name", "kept_record_tokens"}  # no tokenizer is loaded to filter
+    # No tokenizer is loaded to filter: the token counts are unknown there.
+    assert different == {"run_name", "kept_record_tokens", "tokens_spent_per_kept_record"}
     loose = filter_run("src", ["dedup=false", "only_success=false"], "loose", data_dir=str(tmp_path))
     assert loose.stats["kept_records"] == loose.stats["total_records"] > collected.stats["kept_records"]
 

@@ -20,6 +20,7 @@ import pettingllms.envs as envs
 from pettingllms.envs import ENVIRONMENTS, describe_registry, import_env_modules, register
 from pettingllms.envs.checker import check_env
 from pettingllms.exceptions import ConfigError
+from pettingllms.runfiles import RunFiles
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "custom-env.md"
 
@@ -144,7 +145,7 @@ def test_collect_from_the_doc_example_through_the_cli(tmp_path):
         tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    stats = json.loads((out / "sft_data_guess_stats.json").read_text())
+    stats = json.loads(RunFiles(out, "guess").stats.read_text())
     assert stats["env_name"] == "guess_number"
     assert stats["total_episodes"] == 5 and stats["successful_episodes"] == 5
     records = (out / "sft_data_guess.jsonl").read_text().splitlines()

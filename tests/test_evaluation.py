@@ -12,7 +12,7 @@ import pytest
 from pettingllms.config import load_config
 from pettingllms.evaluation import evaluate, pass_at_k, summarize_evaluation, wilson_interval
 from pettingllms.exceptions import ConfigError
-from pettingllms.runfiles import read_ledger
+from pettingllms.runfiles import RunFiles, read_ledger
 
 # -- the numbers ------------------------------------------------------------------------------------
 
@@ -116,6 +116,6 @@ def test_run_evaluates_the_model_before_and_after_training(tmp_path):
     before, after = summary["evaluation"]["before"], summary["evaluation"]["after"]
     assert before["episodes"] == after["episodes"] == 2
     assert after["policies"]["planner"]["model"] == "model" and after["policies"]["tool"]["model"] == "model"
-    before_seeds = {e["seed"] for e in read_ledger(tmp_path / "evals" / f"rollouts_{before['run_name']}.jsonl")}
-    after_seeds = {e["seed"] for e in read_ledger(tmp_path / "evals" / f"rollouts_{after['run_name']}.jsonl")}
+    before_seeds = {e["seed"] for e in read_ledger(RunFiles(tmp_path / "evals", before["run_name"]).rollouts)}
+    after_seeds = {e["seed"] for e in read_ledger(RunFiles(tmp_path / "evals", after["run_name"]).rollouts)}
     assert before_seeds == after_seeds, "before and after must play the same test tasks"

@@ -55,7 +55,7 @@ def check_interrupted_files(files: RunFiles) -> None:
     episodes, records, stats = check_consistent(files)
     assert 3 <= len(episodes) < EPISODES, "the signal came after 3 episodes and before the end"
     assert stats["run_name"] == files.run_name
-    assert not list(files.directory.glob("*.tmp")), "no temporary file may be left behind"
+    assert not list(files.directory.rglob("*.tmp")), "no temporary file may be left behind"
 
 
 def resume_and_finish(files: RunFiles, interrupted_at: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pettingllms.runfiles import read_ledger
+from pettingllms.runfiles import RunFiles, read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def test_round_two_collects_with_round_ones_model_and_every_round_has_data_model
     assert {r["metadata"]["policy_name"] for r in records} == {"round_1_model"}
     first = [json.loads(line) for line in (root / "round_1" / "data" / "sft_data_round_1.jsonl").open()]
     assert {r["metadata"]["policy_name"] for r in first} == {"expert"}
-    played = read_ledger(root / "round_2" / "eval" / "rollouts_round_2.jsonl")
+    played = read_ledger(RunFiles(root / "round_2" / "eval", "round_2").rollouts)
     assert {turn["policy_name"] for episode in played for turn in episode["turns"]} == {"evaluated_model"}
     assert "iteration on sudoku" in result.stdout and "base" in result.stdout
 

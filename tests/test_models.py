@@ -3,7 +3,6 @@ collected a run, the model training uses, adapter folders and their bases."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from pettingllms import models
 from pettingllms.exceptions import ModelNotFoundError
+from pettingllms.runfiles import RunFiles, write_json_atomic
 from pettingllms.tiny_model import tiny_model_path
 
 
@@ -59,9 +59,10 @@ def test_model_for_training_prefers_the_setting_then_the_collecting_policy(tiny_
 
 def test_collecting_model_reads_each_runs_saved_config(tmp_path):
     def collected_by(run: str, policy: dict) -> str:
-        (tmp_path / f"sft_data_{run}.jsonl").write_text("")
-        (tmp_path / f"sft_data_{run}_config.json").write_text(json.dumps({"config": {"policy": policy}}))
-        return str(tmp_path / f"sft_data_{run}.jsonl")
+        files = RunFiles(tmp_path, run)
+        files.records.write_text("")
+        write_json_atomic(files.config, {"config": {"policy": policy}})
+        return str(files.records)
 
     qwen = collected_by("a", {"backend": "hf", "model_path": "/models/qwen"})
     also_qwen = collected_by("b", {"backend": "openai", "model_path": "/models/qwen"})
@@ -72,8 +73,10 @@ def test_collecting_model_reads_each_runs_saved_config(tmp_path):
     assert models.collecting_model([qwen, llama]) is None  # two models: none is "the" model
     assert models.collecting_model([collected_by("d", {"backend": "expert", "model_path": "/x"})]) is None
     assert models.collecting_model([str(tmp_path / "elsewhere.jsonl")]) is None
-    (tmp_path / "sft_data_e_config.json").write_text("[1, 2]")  # damaged
-    assert models.collecting_model([str(tmp_path / "sft_data_e.jsonl")]) is None
+    damaged = RunFiles(tmp_path, "e")
+    damaged.prepare()
+    damaged.config.write_text("[1, 2]")
+    assert models.collecting_model([str(damaged.records)]) is None
 
 
 # ---------------------------------------------------------------- folders

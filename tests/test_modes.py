@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pettingllms.runfiles import RunFiles
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,15 +41,17 @@ def test_quick_test_runs_the_whole_flow_and_prints_the_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "quick-test summary" in result.stdout
     data_dir = tmp_path / "sft_data" / "quick_test"
-    stats = json.loads(next(data_dir.glob("sft_data_*_stats.json")).read_text())
+    (records,) = data_dir.glob("sft_data_*.jsonl")
+    stats = json.loads(RunFiles.of(records).stats.read_text())
     assert stats["total_episodes"] == 10
     assert 0 < stats["successful_episodes"] < 10, "quick-test must contain successes and failures"
     assert f"{stats['success_rate']:.2f}" in result.stdout
-    summary = json.loads((data_dir / "sft_model" / "training_summary.json").read_text())
+    model_dir = tmp_path / "sft_model_quick_test"  # out of the data folder, which data loaders read whole
+    summary = json.loads((model_dir / "training_summary.json").read_text())
     assert summary["train_samples"] == stats["kept_records"]
     assert f"{summary['first_train_loss']:.4f} -> {summary['final_train_loss']:.4f}" in result.stdout
     assert summary["final_train_loss"] < summary["first_train_loss"], "quick-test must show the model learning"
-    assert (data_dir / "sft_model" / "adapter_config.json").exists()
+    assert (model_dir / "adapter_config.json").exists()
 
 
 @pytest.mark.slow
@@ -146,7 +150,7 @@ def test_collect_only_script_writes_data(tmp_path):
     }
     result = run_script("math_sft_collect_only.sh", f"training.sft_data_dir={tmp_path}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    stats = json.loads((tmp_path / "sft_data_scripted_stats.json").read_text())
+    stats = json.loads(RunFiles(tmp_path, "scripted").stats.read_text())
     assert stats["env_name"] == "math_env" and stats["total_episodes"] == 2
 
 
@@ -175,13 +179,13 @@ def test_code_scripts_collect_into_and_train_from_the_seed_folders(tmp_path):
     env = {"POLICY": "expert", "NUM_EPISODES": "2", "PETTINGLLMS": str(Path(sys.executable).parent / "pettingllms")}
     collected = run_script("code_sft_collect_only.sh", cwd=tmp_path, env=env)
     assert collected.returncode == 0, collected.stderr[-3000:]
-    (stats_file,) = (tmp_path / "sft_data_code").glob("sft_data_*_stats.json")
-    assert json.loads(stats_file.read_text())["total_episodes"] == 2
+    (records,) = (tmp_path / "sft_data_code").glob("sft_data_*.jsonl")
+    assert json.loads(RunFiles.of(records).stats.read_text())["total_episodes"] == 2
 
     trained = run_script("code_sft_train_only.sh", "training.sft_config.max_steps=1", cwd=tmp_path, env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads((tmp_path / "sft_model_code" / "training_summary.json").read_text())
-    assert summary["data_files"] == [str(Path("sft_data_code") / stats_file.name.replace("_stats.json", ".jsonl"))]
+    assert summary["data_files"] == [str(Path("sft_data_code") / records.name)]
     assert (tmp_path / "sft_model_code" / "adapter_config.json").is_file()
 
 

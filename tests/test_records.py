@@ -231,7 +231,7 @@ def test_near_dedup_counts_exact_duplicates_under_their_own_reason():
 
 
 def test_shingles_ignore_case_and_whitespace():
-    from pettingllms.records import jaccard, shingles
+    from pettingllms.near_duplicates import jaccard, shingles
 
     assert shingles("Push  the box\nup now") == shingles("push the BOX up now")
     assert len(shingles("a b c d e")) == 3 and len(shingles("two words")) == 1
@@ -242,7 +242,7 @@ def test_shingles_ignore_case_and_whitespace():
 def test_near_duplicate_index_agrees_with_comparing_every_pair():
     import random
 
-    from pettingllms.records import NearDuplicateIndex, jaccard, shingles
+    from pettingllms.near_duplicates import NearDuplicateIndex, jaccard, shingles
 
     rng = random.Random(0)
     words = [f"w{i}" for i in range(12)]

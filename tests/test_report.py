@@ -108,7 +108,7 @@ def test_a_missing_run_is_a_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_report_is_written_beside_the_run_with_its_plots(nasty_run, tmp_path):
     path = write_report("toy", data_dir=str(nasty_run.directory))
-    assert path == nasty_run.directory / "report_toy.html"
+    assert path == nasty_run.folder / "report_toy.html"  # in runs/, beside the rollouts
     page = path.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 4 and len(page_data(page)["episodes"]) == 6
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from anywhere

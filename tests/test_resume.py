@@ -304,7 +304,7 @@ def test_resume_of_a_finished_run_runs_nothing(finished_run, tmp_path, monkeypat
 @pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_them(finished_run, tmp_path, override, setting, old, new):
     files = copy_run(finished_run, tmp_path / "run")
-    before = {path.name: path.read_bytes() for path in files.directory.iterdir()}
+    before = {path: path.read_bytes() for path in files.directory.rglob("*") if path.is_file()}
     command = collect_command(files.directory, "small", 6, override)
 
     refused = run_collect_command(command, timeout=60)
@@ -317,7 +317,7 @@ def test_resume_with_other_settings_is_refused_naming_them(finished_run, tmp_pat
     difference = message.split(f"{setting}:", 1)[1]
     assert old in difference and new in difference, message
     assert "training.run_name" in message, "the message says how to start a separate run"
-    assert {path.name: path.read_bytes() for path in files.directory.iterdir()} == before
+    assert {path: path.read_bytes() for path in files.directory.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.parametrize("content", ["{", "{}"], ids=["torn", "no-identity"])

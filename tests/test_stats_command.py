@@ -10,6 +10,7 @@ from pettingllms.config import load_config
 from pettingllms.exceptions import DataError
 from pettingllms.records import RecordFilter
 from pettingllms.run_summary import kept_turns, summarize_episodes
+from pettingllms.runfiles import RunFiles
 from pettingllms.stats import load_run, print_stats, resolve_run, stats_for_file
 
 
@@ -164,8 +165,9 @@ def test_tables_print_every_section_and_json_keeps_the_stats_file_format(tmp_pat
         assert expected in out
     print_stats(["toy"], data_dir=str(tmp_path), as_json=True)
     header, body = capsys.readouterr().out.split("\n", 1)
-    assert header == f"== {tmp_path / 'rollouts_toy.jsonl'}"
-    assert json.loads(body) == stats_for_file(tmp_path / "rollouts_toy.jsonl")
+    rollouts = RunFiles(tmp_path, "toy").rollouts
+    assert header == f"== {rollouts}"
+    assert json.loads(body) == stats_for_file(rollouts)
 
 
 @pytest.mark.slow
@@ -173,4 +175,5 @@ def test_plot_writes_the_pngs_beside_the_run(tmp_path, capsys):
     write_run(tmp_path, "toy", standard_episodes())
     print_stats(["toy"], data_dir=str(tmp_path), plot=True)
     assert "plots of toy written to" in capsys.readouterr().out
-    assert {path.name for path in (tmp_path / "plots_toy").iterdir()} >= {"success_per_agent.png", "lengths.png"}
+    plots = RunFiles(tmp_path, "toy").folder / "plots_toy"
+    assert {path.name for path in plots.iterdir()} >= {"success_per_agent.png", "lengths.png"}

@@ -8,6 +8,7 @@ the ledger, and nothing is lost or duplicated. `docs/data-format.md` describes t
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -16,11 +17,13 @@ from typing import Any
 
 from pettingllms.collect.episode import AgentSlot, build_agent_slots, make_env, run_episode
 from pettingllms.collect.plan import EpisodePlan, EpisodeSpec, check_resume, run_identity
+from pettingllms.collect.schedule import UntilSuccessSchedule
 from pettingllms.config import Config, to_dict
-from pettingllms.console import Progress
+from pettingllms.console import Progress, info
 from pettingllms.exceptions import ConfigError, DataError
 from pettingllms.jsonl import JsonlAppender, read_jsonl, split_torn_tail, write_jsonl_atomic
-from pettingllms.records import CollectionStats, Episode, Record, RecordFilter
+from pettingllms.judge import start_judge
+from pettingllms.records import CollectionStats, Episode, Record, RecordFilter, episode_succeeded
 from pettingllms.runfiles import (
     RunFiles,
     default_run_name,
@@ -61,10 +64,17 @@ class Collector:
         # The env and the policies first: a mistake in their settings is reported before any file is written.
         self.probe = make_env(config)
         self.slots = build_agent_slots(config, self.probe)
-        directory = Path(config.training.sft_data_dir)
+        training = config.training
+        self.judge = start_judge(
+            config.reward,
+            self.env_name,
+            only_success=training.only_success,
+            collect_mode=training.collect_mode,
+            seed=training.seed,
+        )
+        directory = Path(training.sft_data_dir)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            training = config.training
             if training.run_name:
                 run_name = shard_run_name(training.run_name, training.shard_index, training.num_shards)
             else:
@@ -77,14 +87,15 @@ class Collector:
                 f"Cannot write collection files in training.sft_data_dir={directory}: {error.strerror or error}."
             ) from None
         self.filter = RecordFilter.from_settings(config.training)
-        self.stats = CollectionStats(self.env_name, run_name)
+        self.stats = CollectionStats(self.env_name, run_name, quota=self.plan.quota)
         self.token_counter = TokenCounter(config)
         self.started = time.perf_counter()
         self.previous_wall_time = 0.0
         self.retried = 0
 
-    def prepare(self) -> Iterator[EpisodeSpec]:
-        """Resume what is on disk; return the episodes still to run (lazily, in plan order)."""
+    def prepare(self) -> Iterator[EpisodeSpec] | UntilSuccessSchedule:
+        """Resume what is on disk; return the episodes still to run (lazily, in plan order), or
+        the schedule that hands them out when the run samples until success."""
         ledger = read_ledger(self.files.rollouts)
         check_records_accounted(self.files, {episode["episode_id"] for episode in ledger})
         if ledger:  # a run that finished no episode may restart with other settings
@@ -105,6 +116,10 @@ class Collector:
             )
         self._rebuild_records(done)
         self._save_config()
+        if self.plan.quota:
+            schedule = UntilSuccessSchedule(self.plan, done)
+            self.remaining = schedule.most_left
+            return schedule
         finished = {episode["episode_id"] for episode in done}
         self.remaining = len(self.plan) - len(finished)
         return (spec for spec in self.plan if spec.episode_id not in finished)
@@ -121,7 +136,7 @@ class Collector:
         def records() -> Iterator[Record]:
             for episode in done:
                 kept = self.filter.keep(episode)
-                self.stats.add(episode, kept, self.token_counter.count(kept))
+                self.count(episode, kept)
                 yield from kept
 
         try:
@@ -132,8 +147,17 @@ class Collector:
     def _read_previous_stats(self) -> dict[str, Any] | None:
         return read_json_object(self.files.stats)
 
+    def count(self, episode: Episode, kept: list[Record]) -> None:
+        """Add a finished episode to the stats, with the tokens of its kept records and of all its replies."""
+        counter = self.token_counter
+        self.stats.add(episode, kept, counter.count(kept), counter.count_replies(episode))
+
     def _save_config(self) -> None:
-        content = {"identity": run_identity(self.config), "config": to_dict(self.config)}
+        content = {
+            "identity": run_identity(self.config),
+            "config": to_dict(self.config),
+            "command": command_line(sys.argv),
+        }
         try:
             write_json_atomic(self.files.config, content)
         except OSError as error:
@@ -156,11 +180,26 @@ class Collector:
             raise write_failure(self.files.stats, error) from None
         return stats
 
-    async def run(self, todo: Iterable[EpisodeSpec]) -> None:
+    async def run(self, todo: Iterable[EpisodeSpec] | UntilSuccessSchedule) -> None:
         """Run `todo` on bounded workers, writing each episode as it ends."""
-        if not self.remaining:
-            return
-        queue = iter(todo)
+        if self.remaining:
+            await self._run_workers(todo)
+        quota = self.plan.quota
+        if quota:  # the progress total was an upper bound: say where the run ended
+            tasks = self.stats.per_task()
+            info(
+                f"Sampling until {quota.min_successes} successes per task (at most {quota.max_samples} samples): "
+                f"{self.stats.episodes} of at most {len(self.plan)} episodes played; of {tasks['tasks']} tasks, "
+                f"{tasks['reached_min_successes']} reached {quota.min_successes} successes and "
+                f"{tasks['hit_max_samples']} used all their samples."
+            )
+
+    async def _run_workers(self, todo: Iterable[EpisodeSpec] | UntilSuccessSchedule) -> None:
+        # Sampling until success, workers ask the schedule; otherwise they share one iterator of the plan.
+        if isinstance(todo, UntilSuccessSchedule):
+            work, queue = self._work_until_success, todo
+        else:
+            work, queue = self._work, iter(todo)
         progress = CollectionProgress(self.stats.episodes + self.remaining, initial=self.stats.episodes)
         try:
             writer = EpisodeWriter(self, progress)
@@ -168,7 +207,7 @@ class Collector:
             raise write_failure(self.files.directory, error) from None
         workers = min(self.config.training.rollout_concurrency, self.remaining)
         environments = [self.probe] + [make_env(self.config) for _ in range(workers - 1)]
-        tasks = [asyncio.ensure_future(self._work(env, queue, writer)) for env in environments]
+        tasks = [asyncio.ensure_future(work(env, queue, writer)) for env in environments]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -179,12 +218,33 @@ class Collector:
             progress.close()
             for policy in {id(slot.policy): slot.policy for slot in self.slots.values()}.values():
                 await policy.close()
+            if self.judge is not None:
+                await self.judge.close()
+
+    async def _play(self, env, spec: EpisodeSpec, slots: dict[str, AgentSlot]) -> Episode:
+        """One episode, judged when `reward.judge` is set (the verdicts go into its ledger line)."""
+        episode = await run_episode(env, spec, slots, self.env_name)
+        return episode if self.judge is None else await self.judge(episode)
 
     async def _work(self, env, queue: Iterator[EpisodeSpec], writer: EpisodeWriter) -> None:
         slots: dict[str, AgentSlot] = self.slots
         for spec in queue:
-            episode = await run_episode(env, spec, slots, self.env_name)
+            episode = await self._play(env, spec, slots)
             writer.write(episode)
+
+    async def _work_until_success(self, env, schedule: UntilSuccessSchedule, writer: EpisodeWriter) -> None:
+        while (spec := await schedule.next_episode()) is not None:
+            episode = await self._play(env, spec, self.slots)
+            writer.write(episode)
+            schedule.record(spec, episode_succeeded(episode))
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that started this process, shell-quoted, as a user would type it again."""
+    program = Path(argv[0]) if argv else Path()
+    if program.name == "pettingllms" or (program.name == "__main__.py" and program.parent.name == "pettingllms"):
+        return shlex.join(["pettingllms", *argv[1:]])
+    return shlex.join(argv)
 
 
 def check_records_accounted(files: RunFiles, ledger_ids: set[str]) -> None:
@@ -255,7 +315,7 @@ class EpisodeWriter:
                 raise write_failure(appender.path, error) from None
         if sync:
             self.unsynced = 0
-        collector.stats.add(episode, kept, collector.token_counter.count(kept))
+        collector.count(episode, kept)
         if time.perf_counter() - self.last_stats > STATS_EVERY_S:
             collector.write_stats()
             self.last_stats = time.perf_counter()
@@ -303,6 +363,21 @@ class TokenCounter:
             print(f"warning: token counts unavailable ({type(error).__name__}: {error})", file=sys.stderr)
             self._failed, self._tokenizer, self.name = True, None, None
             return []
+
+    def count_replies(self, episode: Episode) -> int | None:
+        """Tokens of all the episode's replies: the backend's count where it reported one, else the
+        tokenizer's (each reply tokenized once); None when a reply has neither."""
+        total = 0
+        for turn in episode["turns"]:
+            reported = turn.get("completion_tokens")
+            if reported:
+                total += reported
+                continue
+            tokenizer = self.load()
+            if tokenizer is None:
+                return None
+            total += len(tokenizer.encode(turn["response"], add_special_tokens=False))
+        return total
 
     def load(self):
         """Load the tokenizer now (slow: imports transformers), before the event loop needs it."""

@@ -5,19 +5,25 @@ Episode i of a run is task i // num_samples_per_task, sample i % num_samples_per
 play exactly the episodes of the unsharded run, each in files of its own. The
 plan is computed on demand (a run of a million episodes is not a million objects), and the
 same config always gives the same plan, so a resumed run knows exactly what is left.
+
+Sampling until success (`training.min_successes_per_task`) numbers episodes the same way with
+`max_samples_per_task` samples per task, and the plan is the most the run may play:
+`schedule.py` decides which of a task's samples are played. Its shards split tasks, not
+episodes (shard k plays the tasks t with t % n == k), because the samples of one task depend
+on each other's outcomes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pettingllms import envs
 from pettingllms.config import Config, to_dict
 from pettingllms.exceptions import ConfigError, DataError, ResumeMismatchError
-from pettingllms.records import Episode
+from pettingllms.records import Episode, SampleQuota
 from pettingllms.runfiles import RunFiles, read_run_config
 
 SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000}
@@ -46,21 +52,45 @@ class EpisodePlan:
         self.split = config.env.split
         self.size = training.sft_num_episodes
         self.shard, self.shards = training.shard_index, training.num_shards
-        self.samples = training.num_samples_per_task
+        self.quota: SampleQuota | None = None
+        """Set when sampling until success: each task's samples are then played as `schedule.py` decides."""
+        if training.min_successes_per_task is not None:
+            self.quota = SampleQuota(training.min_successes_per_task, training.max_samples_per_task, self.size)
+        self.samples = self.quota.max_samples if self.quota else training.num_samples_per_task
         self.first_task = training.seed
-        tasks = -(-self.size // self.samples)
-        if self.split == "train" and self.first_task + tasks > SPLIT_SEED_OFFSET["test"]:
+        if self.split == "train" and self.first_task + self.tasks > SPLIT_SEED_OFFSET["test"]:
             raise ConfigError(
-                f"training.seed={self.first_task} plus {tasks:,} tasks reaches the test split's seeds "
+                f"training.seed={self.first_task} plus {self.tasks:,} tasks reaches the test split's seeds "
                 f"(from {SPLIT_SEED_OFFSET['test']:,}); collect fewer episodes or start from a lower seed."
             )
 
+    @property
+    def tasks(self) -> int:
+        """Tasks in the whole run (every shard's)."""
+        return -(-self.size // self.samples)
+
     def __len__(self) -> int:
-        return len(range(self.shard, self.size, self.shards))
+        if self.quota is None:
+            return len(range(self.shard, self.size, self.shards))
+        whole_tasks, last_samples = divmod(self.size, self.samples)
+        mine = len(range(self.shard, whole_tasks, self.shards)) * self.samples
+        return mine + (last_samples if whole_tasks % self.shards == self.shard else 0)
 
     def __iter__(self) -> Iterator[EpisodeSpec]:
-        """This shard's episodes: every `num_shards`-th one, so the shards together play the whole plan."""
-        return (self.spec(index) for index in range(self.shard, self.size, self.shards))
+        """This shard's episodes: every `num_shards`-th one (or every `num_shards`-th task's, sampling
+        until success), so the shards together play the whole plan."""
+        if self.quota is None:
+            return (self.spec(index) for index in range(self.shard, self.size, self.shards))
+        quota = self.quota
+        return (spec for task in self.my_tasks() for spec in self.task_specs(task, range(quota.samples_of(task))))
+
+    def my_tasks(self) -> range:
+        """The tasks whose samples this shard plays, sampling until success."""
+        return range(self.shard, self.tasks, self.shards)
+
+    def task_specs(self, task: int, samples: Iterable[int]) -> list[EpisodeSpec]:
+        """The episodes of task number `task` (its `env_idx`) that play `samples`."""
+        return [self.spec(task * self.samples + sample) for sample in samples]
 
     def spec(self, index: int) -> EpisodeSpec:
         env_idx, rollout_idx = divmod(index, self.samples)
@@ -72,7 +102,7 @@ class EpisodePlan:
         """Whether a finished episode (from a ledger) is one of this plan's."""
         index = episode["env_idx"] * self.samples + episode["rollout_idx"]
         in_range = 0 <= episode["rollout_idx"] < self.samples and 0 <= index < self.size
-        mine = index % self.shards == self.shard
+        mine = (episode["env_idx"] if self.quota else index) % self.shards == self.shard
         return in_range and mine and self.spec(index).episode_id == episode["episode_id"]
 
 
@@ -80,6 +110,8 @@ GUARDED_KEYS = (
     "env",
     "training.seed",
     "training.num_samples_per_task",
+    "training.min_successes_per_task",
+    "training.max_samples_per_task",
     "training.only_success",
     "training.collect_mode",
     "training.dedup",
@@ -89,6 +121,11 @@ GUARDED_KEYS = (
     "training.drop_crashed_programs",
     "training.max_reply_chars",
     "training.max_invalid_actions",
+    "training.min_reward",
+    "reward.unit",
+    "reward.rubric",
+    "reward.rubric_file",
+    "reward.weights",
     "agents",
 )
 """Settings a resumed run must share with the files it continues."""
@@ -122,6 +159,8 @@ def run_identity(config: Config) -> dict[str, Any]:
     # Who writes the replies: a resumed run must not mix in another model or expert setting.
     policies = [(plain["policy"]["name"], plain["policy"]), *plain["policies"].items()]
     identity["policies"] = {name: {key: policy[key] for key in POLICY_IDENTITY} for name, policy in policies}
+    judge = plain["reward"]["judge"]
+    identity["reward.judge"] = None if judge is None else {key: judge[key] for key in POLICY_IDENTITY}
     return identity
 
 

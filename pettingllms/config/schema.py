@@ -168,6 +168,14 @@ class TrainingConfig:
     sft_data_dir: str = _help("Where data files go.", "./sft_data")
     run_name: str | None = _help("Name of the collection run (default: start time); the same name resumes it.")
     num_samples_per_task: int = _help("Rollouts per task (episode i is task i // n, sample i % n).", 1)
+    min_successes_per_task: int | None = _help(
+        "Sample each task until it has this many successful episodes (or max_samples_per_task attempts); "
+        "set both together. None: every task plays num_samples_per_task samples."
+    )
+    max_samples_per_task: int | None = _help(
+        "With min_successes_per_task: the most samples a task plays; episode i is task i // n, sample i % n, "
+        "and sft_num_episodes bounds the episodes played."
+    )
     rollout_concurrency: int = _help("Most episodes in flight at once.", 16)
     num_shards: int = _help(
         "Split the run's episodes over this many collectors (a Slurm array, an indexed Job); each writes "
@@ -200,6 +208,11 @@ class TrainingConfig:
         "Drop every turn of an episode with more than this many invalid replies (valid=false, all agents "
         "together); 0 keeps only episodes without one. None: no limit."
     )
+    min_reward: float | None = _help(
+        "Keep only turns whose reward is at least this: the combined reward (reward.weights) of a judged turn, "
+        "else the env's reward. A turn the judge could not score is dropped (judge_error) when reward.weights.judge "
+        "> 0. None: no minimum. (training.sft_config.min_reward selects among records already written.)"
+    )
     retry_infra_errors: bool = _help(
         "On resume, run again the episodes that ended in an infrastructure error (server down, timeout, "
         "malformed answer, sandbox set-up), never those the model failed.",
@@ -231,6 +244,7 @@ class TrainingConfig:
         if self.num_shards > 1 and self.run_name is None:
             require(False, f"{key}.run_name", None, "a name shared by every shard when training.num_shards > 1")
         require(self.collect_mode in ("env", "agent"), f"{key}.collect_mode", self.collect_mode, "'env' or 'agent'")
+        self._check_sampling_until_success(key)
         require(self.seed >= 0, f"{key}.seed", self.seed, "an integer >= 0")
         if self.max_records_per_task is not None:
             require(
@@ -252,7 +266,100 @@ class TrainingConfig:
             from pettingllms.runfiles import check_run_name
 
             check_run_name(self.run_name, f"{key}.run_name")
+        if self.min_reward is not None:
+            require(math.isfinite(self.min_reward), f"{key}.min_reward", self.min_reward, "a finite number, or null")
         self.sft_config.check(f"{key}.sft_config")
+
+    def _check_sampling_until_success(self, key: str) -> None:
+        least, most = self.min_successes_per_task, self.max_samples_per_task
+        if least is None and most is None:
+            return
+        # One without the other has no meaning: how many successes, or how many attempts at most?
+        require(
+            most is not None, f"{key}.max_samples_per_task", most, f"an integer set with {key}.min_successes_per_task"
+        )
+        require(
+            least is not None, f"{key}.min_successes_per_task", least, f"an integer set with {key}.max_samples_per_task"
+        )
+        require(least > 0, f"{key}.min_successes_per_task", least, "an integer > 0")
+        require(most > 0, f"{key}.max_samples_per_task", most, "an integer > 0")
+        require(
+            least <= most,
+            f"{key}.min_successes_per_task",
+            least,
+            f"at most {key}.max_samples_per_task={most} (a task cannot succeed more often than it is played)",
+        )
+        require(
+            self.num_samples_per_task in (1, most),
+            f"{key}.num_samples_per_task",
+            self.num_samples_per_task,
+            f"1 (or {most}): with {key}.min_successes_per_task, {key}.max_samples_per_task is the number of samples",
+        )
+
+
+@dataclass
+class JudgeConfig(PolicyConfig):
+    """The policy that scores turns (`reward.judge.*`): a policy like any other, with a judge's defaults."""
+
+    name: str = _help("The judge's name, in messages.", "judge")
+    backend: str = _help("'openai' (a local vLLM, a hosted teacher) or 'hf' (a local transformers model).", "openai")
+    temperature: float = _help("Sampling temperature (0 = greedy: the same turn gets the same score).", 0.0)
+    max_tokens: int = _help("Most new tokens of the judge's reply (its reasoning, then the score).", 512)
+
+    def check(self, key: str = "reward.judge") -> None:
+        super().check(key)
+        require(self.backend in ("openai", "hf"), f"{key}.backend", self.backend, "'openai' or 'hf'")
+        if self.backend == "openai" and not (self.base_url or self.base_urls):
+            require(False, f"{key}.base_url", None, "the judge server's URL, e.g. http://127.0.0.1:8000/v1")
+
+
+@dataclass
+class RewardConfig:
+    """Judged rewards: a judge scores candidate turns in [0, 1], mixed with the env's reward by `weights`."""
+
+    judge: JudgeConfig | None = _help(
+        "The judge, e.g. reward.judge.base_url=http://127.0.0.1:8000/v1 reward.judge.model=NAME (any policy key); "
+        "None: no judge."
+    )
+    unit: str = _help(
+        "'turn': one judge call per turn that could be kept; 'episode': one call per episode, its score given to "
+        "each such turn.",
+        "turn",
+    )
+    rubric: str | None = _help(
+        "The judge's prompt, a template with {task} {agent} {prompt} {response} {transcript} {success} {reward}; "
+        "None: the env's built-in rubric (pettingllms.judge.RUBRICS)."
+    )
+    rubric_file: str | None = _help("A file holding the rubric template (instead of reward.rubric).")
+    weights: dict[str, float] = _help(
+        "combined reward = (rule * env reward + judge * judge score) / (rule + judge); keys 'rule' and 'judge', "
+        "values >= 0, sum > 0.",
+        factory=lambda: {"rule": 1.0, "judge": 0.0},
+    )
+    concurrency: int = _help("Most judge calls in flight at once, over all episodes.", 16)
+
+    def check(self, key: str = "reward") -> None:
+        require(self.unit in ("turn", "episode"), f"{key}.unit", self.unit, "'turn' or 'episode'")
+        require(self.concurrency > 0, f"{key}.concurrency", self.concurrency, "an integer > 0")
+        if self.rubric is not None and self.rubric_file is not None:
+            require(False, f"{key}.rubric_file", self.rubric_file, f"null when {key}.rubric is set (give one of them)")
+        if self.rubric is not None:
+            from pettingllms.judge import check_rubric
+
+            check_rubric(self.rubric, f"{key}.rubric")
+        check_weights(self.weights, f"{key}.weights")
+        if self.judge is not None:
+            self.judge.check(f"{key}.judge")
+        elif self.weights.get("judge", 0.0) > 0:
+            require(False, f"{key}.weights.judge", self.weights["judge"], f"0 without a judge (set {key}.judge.*)")
+
+
+def check_weights(weights: dict[str, float], key: str = "reward.weights") -> None:
+    """Raise ConfigError unless `weights` has only the keys 'rule' and 'judge', each >= 0, with a positive sum."""
+    for name, value in weights.items():
+        require(name in ("rule", "judge"), f"{key}.{name}", value, "only the keys 'rule' and 'judge'")
+        require(math.isfinite(value) and value >= 0, f"{key}.{name}", value, "a finite number >= 0")
+    require(sum(weights.values()) > 0, key, dict(weights), "weights with a positive sum, e.g. {rule: 0.6, judge: 0.4}")
 
 
 @dataclass
@@ -310,6 +417,7 @@ class Config:
     policies: dict[str, PolicyConfig] = _help("Extra named policies for role-specialized agents.", factory=dict)
     agents: dict[str, AgentConfig] = _help("Per-agent settings: policy, trainable, sampling.", factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
 
@@ -332,6 +440,7 @@ class Config:
                     f"a defined policy: {', '.join(self.policies_by_name())} (add it under policies.<name>)",
                 )
         self.training.check("training")
+        self.reward.check("reward")
         self.eval.check("eval")
         self.iterate.check("iterate")
 

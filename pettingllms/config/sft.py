@@ -150,7 +150,10 @@ class SFTSettings:
     )
     min_reward: float | None = field(
         default=None,
-        metadata={"help": "Keep only records whose `metadata.reward` is at least this. None applies no filter."},
+        metadata={
+            "help": "Keep only records whose `metadata.combined_reward` (when a judge scored them, else "
+            "`metadata.reward`) is at least this. None applies no filter."
+        },
     )
     thinking: str = field(
         default="keep",

@@ -259,7 +259,10 @@ def record_filters(settings: SFTSettings) -> list[tuple[str, Callable[[dict[str,
 
 
 def _reward(record: dict[str, Any]) -> float:
-    reward = record["metadata"].get("reward")
+    """The record's combined reward when a judge scored it (`metadata.combined_reward`), else `metadata.reward`."""
+    metadata = record["metadata"]
+    reward = metadata.get("combined_reward")
+    reward = reward if isinstance(reward, int | float) else metadata.get("reward")
     return float(reward) if isinstance(reward, int | float) else float("-inf")
 
 
