@@ -196,3 +196,23 @@ def test_a_full_disk_while_writing_the_card_is_a_warning_and_keeps_the_old_card(
     assert "\n" not in warning
     after = {path: path.read_bytes() for path in full_disk.rglob("*") if path.is_file() and path.name != "filler"}
     assert after == before, "the old card and every run file stay whole; no temporary file is left"
+
+
+@pytest.mark.slow
+def test_trl_sft_trains_on_the_folder_as_it_is(tmp_path):
+    """The real `trl sft` command line, pointed at a data folder with a run inside: it reads the card's
+    default config (records only, not `runs/`) and trains the tiny model for two steps."""
+    import sys
+    from pathlib import Path
+
+    from pettingllms.models import resolve_model
+
+    result = collect_run(tmp_path / "data", "a run")
+    trl = Path(sys.executable).with_name("trl")
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    command = [str(trl), "sft", "--model_name_or_path", str(resolve_model(None)), "--dataset_name"]
+    command += [str(result.files.directory), "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    command += ["--output_dir", str(tmp_path / "out"), "--use_cpu", "--bf16", "false", "--report_to", "none"]
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
