@@ -394,3 +394,18 @@ def test_torchrun_two_cpu_processes_share_the_data(tmp_path, tiny_model):
     assert (output / "adapter_model.safetensors").is_file()
     assert done.stdout.count("\nadapter ") == 1  # only rank 0 prints the training table
     assert "[RANK" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_collected_records_train_the_same_model_in_whatever_order_they_finished(tmp_path, tiny_model):
+    # Collection writes episodes as they finish, so two collections of the same episodes differ in line order.
+    records = [make_record(i, reply="Up " * (1 + i % 5) + str(i)) for i in range(12)]
+    for record in records:
+        record["metadata"]["env_idx"], record["metadata"]["rollout_idx"] = divmod(record["metadata"]["rollout_idx"], 3)
+    in_order = write_jsonl(tmp_path / "a.jsonl", records)
+    shuffled = write_jsonl(tmp_path / "b.jsonl", records[5:] + records[:5][::-1])
+    curves = [
+        run_training(quick_settings(tmp_path / name, max_steps=3, logging_steps=1), [data])["loss_curve"]
+        for name, data in (("a", in_order), ("b", shuffled))
+    ]
+    assert len(curves[0]) == 3 and curves[0] == curves[1]

@@ -98,7 +98,29 @@ def read_records(paths: list[str], settings: SFTSettings | None = None) -> list[
         if not rows:
             raise DataError(f"Data file '{path}' is empty: it holds no records.")
         records.extend(normalize_record(row, where, columns) for row, where in rows)
-    return records
+    return in_episode_order(records)
+
+
+EPISODE_ORDER_KEYS = ("env_name", "env_idx", "rollout_idx", "turn_idx")
+
+
+def in_episode_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Collected records sorted by task, sample and turn; other data as it was read.
+
+    Collection writes episodes in the order they finish, which changes with concurrency and
+    machine load. Training shuffles with a fixed seed, so a fixed input order makes the same
+    records train the same model, however they were collected (or sharded).
+    """
+
+    def key(record: dict[str, Any]) -> tuple[Any, ...] | None:
+        values = tuple(record["metadata"].get(name) for name in EPISODE_ORDER_KEYS)
+        typed = isinstance(values[0], str) and all(type(value) is int for value in values[1:])
+        return values if typed else None
+
+    keys = [key(record) for record in records]
+    if None in keys:
+        return records
+    return [record for _, record in sorted(zip(keys, records, strict=True), key=lambda pair: pair[0])]
 
 
 def read_rows(path: Path) -> list[tuple[Any, str]]:
