@@ -1,17 +1,27 @@
 """Run model-written Python in a child process that cannot hurt the collector.
 
 `run_python(code, stdin=..., timeout_s=..., memory_mb=...)` writes `code` to `main.py` in a
-fresh temporary directory, runs it with this interpreter and returns a `SandboxResult`. It is
+fresh working directory, runs it with this interpreter and returns a `SandboxResult`. It is
 called from many threads at once (`await asyncio.to_thread(run_python, ...)`) inside a
 long-running collector, so every run is independent and always returns: the program may hang,
 fork, flood its output or try to kill us, and the call still comes back soon after
 `timeout_s`. `SandboxError` is raised only when the sandbox itself cannot be set up.
 
-How a run is set up: a launcher (this file, run as a script) starts in a new session with an
-environment built from scratch, sets up the isolation below while it still has the rights to,
-then `execve`s `python -s -P main.py`. The launcher is a fresh single-threaded process, so
-none of this runs in a forked copy of the threaded collector, where `preexec_fn` can deadlock.
-The price is a second interpreter start, about 40 ms of CPU per run.
+How a run is set up: a launcher (this file, run as a script) starts in a new session with
+nothing of the collector's environment, sets up the part of the isolation below that does not
+depend on the program (namespaces, read-only mounts, private /tmp) while it still has the
+rights to, and waits on its stdin. The program arrives there (code, working directory,
+environment, limits; then the program's own stdin): the launcher mounts the working
+directory, takes the run's uid, sets the limits and `execve`s `python -s -P main.py`. The
+launcher is a fresh single-threaded process, so none of this runs in a forked copy of the
+threaded collector, where `preexec_fn` can deadlock.
+
+Launchers are started ahead of time by a pool (`pettingllms/sandbox_pool.py`) that keeps as
+many waiting as programs were recently in flight: a run takes a waiting launcher, so it waits
+for one interpreter start, not two, and once it is over the pool starts the next launcher in
+the background (about as much CPU as a bare interpreter start). Each launcher serves one
+program and is then gone: no process ever serves two programs, so nothing of one reaches the
+next. When none is waiting (the first run, a burst), the run starts its own, as before.
 
 What is protected when the collector runs as root (our CI and containers):
 
@@ -24,8 +34,8 @@ What is protected when the collector runs as root (our CI and containers):
   `max_processes`. When the run ends (exit, timeout, output flood) its process group is
   killed, then every process of its uid, found in `/proc`, until none is left: programs that
   `setsid()` or double-fork do not outlive the run. If the collector dies, PDEATHSIG kills the
-  program; what it left behind (processes, working directory) goes when its uid is next
-  claimed.
+  program and the launchers waiting in the pool; what the program left behind (processes,
+  working directory) goes when its uid is next claimed.
 - Network: with CAP_SYS_ADMIN the launcher enters a new network namespace with no interface
   up, not even loopback. Without it the program has the host's network, and the result says
   `network_isolated=False`.
@@ -72,30 +82,20 @@ programs may use numpy and friends.
 
 from __future__ import annotations
 
+# This file is also the launcher (run as a script), which stops at the `__main__` block after
+# its own section below: it imports only these. The collector's side, with the heavier imports
+# (dataclasses, subprocess, logging...), comes after that block: importing them cost more CPU
+# than the rest of a launcher's work.
 import contextlib
-import dataclasses
 import errno
-import fcntl
 import functools
 import json
-import logging
 import math
 import os
 import re
-import selectors
-import shutil
+import resource
 import signal
-import stat
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import NoReturn
-
-logger = logging.getLogger(__name__)
 
 WORKDIR_PREFIX = "pettingllms_sandbox_"
 SCRIPT_NAME = "main.py"
@@ -109,6 +109,12 @@ _LAUNCH_FAILED = 125
 _POLL_S = 0.05  # how often to look at the program when nothing wakes us up
 _DRAIN_S = 0.5  # how long to keep reading once everything is killed
 _CHUNK = 64 * 1024
+# Fields of /proc/<pid>/status, always in this order; a process name cannot fake one (a newline in it is escaped).
+_STATUS_FIELDS = re.compile(
+    rb"\nState:\s*(?P<state>\S).*?\nUid:\s*(?P<uid>\d+).*?\nThreads:\s*(?P<threads>\d+)", re.DOTALL
+)
+_POOL_MAX_IDLE = 16  # launchers kept ready at most: one per program in flight, up to this
+_POOL_IDLE_S = 60.0  # a launcher unused this long is ended, and the pool keeps one fewer
 
 # Linux constants (sched.h, mount.h, prctl.h): Python 3.11 has no os.unshare or os.mount.
 _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
@@ -119,6 +125,338 @@ _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _SYS_MOUNT_SETATTR = 442  # the same on every architecture (Linux 5.12+)
 _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 1
 _RLIMIT_MAX = 2**63 - 1  # the largest limit setrlimit takes from Python: a larger one means none
+
+
+# ------------------------------------------------------------ the launcher (this file run as a script)
+
+
+def _launch(config: dict) -> NoReturn:
+    """Isolate this fresh process as far as we may, wait for the one program, then become it.
+
+    Everything that does not depend on the program is done before it is known, so that a
+    launcher started ahead of time leaves little to do once it arrives.
+    """
+    status_fd = config["status_fd"]
+    os.set_inheritable(status_fd, False)  # closed by exec: the program never sees it
+    try:
+        report = _isolate_as_root(config) if os.geteuid() == 0 else _isolate_as_user()
+        _bind_to_parent(config["parent_pid"])  # a launcher that waits dies with the collector too
+        request = _read_request()
+        _enter_workdir(request["workdir"], request["code"], report["private_tmp"], config["uid"], request["limits"])
+        if report["separate_user"]:
+            _become(config["uid"])
+            _bind_to_parent(config["parent_pid"])  # the change of uid disarmed PDEATHSIG
+            report["uid"] = os.getuid()
+        _apply_limits(request["limits"], shares_uid=not report["separate_user"])
+        if report["separate_user"]:
+            _forbid_user_namespaces(report["uid"])
+        os.write(status_fd, (json.dumps(report) + "\n").encode())
+        python = config["python"]
+        os.execve(python, [python, "-s", "-P", SCRIPT_NAME], request["env"])
+    except BaseException as error:  # anything here is reported to the collector
+        message = json.dumps({"error": f"{type(error).__name__}: {error}"})
+        os.write(status_fd, (message + "\n").encode())
+        os._exit(_LAUNCH_FAILED)
+
+
+def _isolate_as_root(config: dict) -> dict:
+    """New network, mount and IPC namespaces if we can; the run's uid is taken later, once
+    the working directory is mounted."""
+    network_isolated = _unshare(_CLONE_NEWNET)
+    private_tmp = _unshare(_CLONE_NEWNS | _CLONE_NEWIPC)
+    if private_tmp:
+        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # our mounts stay ours
+        _make_read_only()  # all that is mounted now; the mounts made below are the writable ones
+        _expose_interpreter(config["exposed"])
+        _cover_shared_directories(config["interpreter_dirs"])
+        _hide_other_processes()
+    return {
+        "network_isolated": network_isolated,
+        "private_tmp": private_tmp,
+        "separate_user": private_tmp or not config["exposed"],
+        "uid": os.getuid(),
+    }
+
+
+def _isolate_as_user() -> dict:
+    """Not root: a user namespace is what lets us have an empty network namespace."""
+    uid = os.getuid()  # before the user namespace, where it has no mapping
+    network_isolated = _unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWIPC)
+    return {"network_isolated": network_isolated, "private_tmp": False, "separate_user": False, "uid": uid}
+
+
+def _become(uid: int) -> None:
+    """Drop root for good: no groups, and real, effective and saved ids all `uid`."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise RuntimeError(f"dropping privileges to uid {uid} did not work")
+
+
+def _forbid_user_namespaces(uid: int) -> None:
+    """Enter a user namespace of our own in which the program cannot create another, so it
+    cannot unshare(CLONE_NEWUSER) to get every capability there, and with them kernel code
+    that is a common way in (netfilter, mounts of its own).
+
+    Every way out of here forbids it: max_user_namespaces=0 (we hold CAP_SYS_RESOURCE in the
+    namespace until execve, the program never does, so it cannot raise it again) with `uid`
+    mapped to itself, so ids look the same from inside; or, where /proc/sys is read-only
+    (docker), no uid map at all: the kernel refuses a namespace to a process whose uid has no
+    mapping (the program then sees itself and root's files as uid 65534). And if we cannot
+    create a namespace, the program, with our uid under the same kernel policy, cannot either.
+    """
+    if not _unshare(_CLONE_NEWUSER):
+        return
+    try:
+        _write("/proc/sys/user/max_user_namespaces", "0")
+    except OSError:
+        return
+    # Since we dropped root we are not dumpable, so /proc/self is root's and its maps closed
+    # to us; the program is dumpable anyway once it is exec'd, and dumps no core.
+    _check(_libc().prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(DUMPABLE)")
+    with contextlib.suppress(OSError):  # left unmapped it is still forbidden, as above
+        _write("/proc/self/setgroups", "deny")  # the kernel wants this before an unprivileged gid_map
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{uid} {uid} 1")
+
+
+def _make_read_only() -> None:
+    """Make every mount read-only, so that the program cannot leave files in world-writable
+    folders outside its scratch mounts (a 1777 /srv/x, a 0777 data folder). One mount_setattr
+    call (Linux 5.12+); older kernels have each mount point remounted."""
+    import ctypes
+
+    attributes = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)  # struct mount_attr: set, clear, ...
+    size = ctypes.sizeof(attributes)
+    result = _libc().syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attributes), size)
+    if result != 0 and ctypes.get_errno() == errno.ENOSYS:
+        _remount_each_read_only()
+    else:
+        _check(result, "mount_setattr / (read-only)")
+
+
+def _remount_each_read_only() -> None:
+    """What `_make_read_only` does, one mount point at a time. A remount drops the flags it
+    does not repeat, so each keeps its nosuid, nodev and noexec (ST_* = MS_* values)."""
+    for point in _mount_points():
+        try:
+            kept = os.statvfs(point).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
+            _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.ENOENT):  # hidden under a later mount
+                raise
+
+
+def _mount_points() -> list[str]:
+    """Every mount point of our mount namespace: field 5 of /proc/self/mountinfo, where a
+    space and the like are written as octal escapes (\\040)."""
+    with open("/proc/self/mountinfo", "rb") as stream:
+        fields = [line.split(b" ")[4] for line in stream.read().splitlines()]
+    octal = re.compile(rb"\\([0-7]{3})")
+    return [os.fsdecode(octal.sub(lambda match: bytes([int(match[1], 8)]), field)) for field in fields]
+
+
+def _expose_interpreter(exposed: dict[str, list[str]]) -> None:
+    """Cover each closed directory (e.g. /root) with an empty tmpfs and bind back, read-only,
+    only the interpreter directories under it; the rest stays out of sight."""
+    for closed, needed in exposed.items():
+        _cover_keeping(closed, needed, "mode=0755,size=1m")
+
+
+def _cover_keeping(directory: str, keep: list[str], options: str) -> None:
+    """Mount a fresh tmpfs over `directory`, then bind the `keep` paths under it back, read-only."""
+    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep]
+    _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    for path, handle in zip(keep, handles):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND | _MS_REC)
+        _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        os.close(handle)
+
+
+def _cover_shared_directories(interpreter_dirs: list[str]) -> None:
+    """Small private tmpfs mounts over the world-writable directories: the disk cannot fill
+    up, and nothing is shared with other runs or left behind. An interpreter that lives
+    under one of them (a venv in /tmp) is bound back, read-only."""
+    for path in _SHARED_WRITABLE_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            keep = [d for d in interpreter_dirs if d.startswith(path + os.sep)]
+            _cover_keeping(path, keep, f"mode=1777,size={_SHARED_SCRATCH_MB}m")
+
+
+def _read_request() -> dict:
+    """Wait for the program (see `_program_request`), reading no byte of its stdin."""
+    size = int.from_bytes(_read_exactly(8), "big")
+    request = json.loads(_read_exactly(size))
+    request["code"] = _read_exactly(request.pop("code_bytes"))
+    return request
+
+
+def _read_exactly(count: int) -> bytes:
+    parts = []
+    while count:
+        chunk = os.read(0, min(count, _CHUNK))
+        if not chunk:
+            os._exit(0)  # the collector closed our stdin (its pool was closed) or died: no program is coming
+        parts.append(chunk)
+        count -= len(chunk)
+    return b"".join(parts)
+
+
+def _enter_workdir(workdir: str, code: bytes, private_tmp: bool, uid: int | None, limits: dict) -> None:
+    """Write the program into its working directory and go there. In a mount namespace the
+    directory is a fresh tmpfs of `scratch_mb`, the only one the program gets."""
+    if private_tmp:
+        os.makedirs(workdir, mode=0o755, exist_ok=True)  # under /tmp it is hidden by our own /tmp
+        options = f"mode=0700,uid={uid},gid={uid},size={limits['scratch_mb']}m"
+        _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    _write(os.path.join(workdir, SCRIPT_NAME), code)
+    os.chdir(workdir)
+
+
+def _write(path: str, data: str | bytes) -> None:
+    with open(path, "wb") as stream:
+        stream.write(data.encode() if isinstance(data, str) else data)
+
+
+def _hide_other_processes() -> None:
+    """A /proc that shows the program only its own processes (hidepid=2); best effort."""
+    with contextlib.suppress(OSError):
+        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "hidepid=2")
+
+
+def _bind_to_parent(parent_pid: int) -> None:
+    """No new privileges (setuid binaries), and die with the collector rather than outlive it.
+
+    PDEATHSIG fires when the thread that started us ends: either the caller of run_python,
+    which waits until we are gone, or the pool's keeper, which lives until no launcher it
+    started is in use (pettingllms/sandbox_pool.py). Neither can end first.
+    """
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    if os.getppid() != parent_pid:
+        os._exit(_LAUNCH_FAILED)  # the collector died before PDEATHSIG was armed
+
+
+def _apply_limits(limits: dict, *, shares_uid: bool) -> None:
+    """Resource limits, set last: lowering a limit needs no privilege."""
+    cpu_s = math.ceil(limits["timeout_s"]) + 1
+    processes = limits["max_processes"]
+    if shares_uid:  # RLIMIT_NPROC counts every task of the uid, the collector's too
+        processes += _tasks_of(os.getuid())
+    _lower_limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
+    _lower_limit(resource.RLIMIT_AS, limits["memory_mb"] << 20)
+    _lower_limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
+    _lower_limit(resource.RLIMIT_NPROC, processes)
+    _lower_limit(resource.RLIMIT_NOFILE, 256)
+    _lower_limit(resource.RLIMIT_CORE, 0)
+
+
+def _tasks_of(uid: int) -> int:
+    """How many tasks (threads) `uid` runs now."""
+    return sum(threads for owner, _, threads in _process_table().values() if owner == uid)
+
+
+def _lower_limit(which: int, soft: int, hard: int | None = None) -> None:
+    """Set a limit, never above the hard limit we already have (raising it needs privilege)."""
+    _, current_hard = resource.getrlimit(which)
+    ceiling = _RLIMIT_MAX if current_hard == resource.RLIM_INFINITY else current_hard
+    hard = soft if hard is None else hard
+    resource.setrlimit(which, (min(soft, ceiling), min(hard, ceiling)))
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    text, number = ctypes.c_char_p, ctypes.c_ulong
+    libc.mount.argtypes = [text, text, text, number, text]
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.prctl.argtypes = [ctypes.c_int, number, number, number, number]
+    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_long, text, ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+def _check(result: int, action: str) -> None:
+    if result != 0:
+        import ctypes
+
+        number = ctypes.get_errno()
+        raise OSError(number, f"{action}: {os.strerror(number)}")
+
+
+def _unshare(flags: int) -> bool:
+    """Enter new namespaces; False if the kernel or our capabilities do not allow it."""
+    return _libc().unshare(flags) == 0
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    def encode(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+
+    result = _libc().mount(encode(source), encode(target), encode(fstype), flags, encode(data))
+    _check(result, f"mount {target}")
+
+
+def _process_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (real uid, state letter, threads) of every process, from /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            status = _process_status(int(entry.name))
+            if status is not None:
+                table[int(entry.name)] = status
+    return table
+
+
+def _process_status(pid: int) -> tuple[int, str, int] | None:
+    """(real uid, state letter, threads) of one process, or None if it is gone.
+
+    Raw reads and one regular expression: this runs for every process on the machine after
+    every run, while the caller waits (splitting the file into fields cost 5x more).
+    """
+    try:
+        handle = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            data = os.read(handle, 8192)
+        finally:
+            os.close(handle)
+    except OSError:
+        return None
+    match = _STATUS_FIELDS.search(data)
+    return None if match is None else (int(match["uid"]), match["state"].decode(), int(match["threads"]))
+
+
+if __name__ == "__main__":
+    _launch(json.loads(sys.argv[1]))  # it becomes the program or exits: it never reads what follows
+
+
+# ------------------------------------------------------------ the collector's side
+
+import dataclasses  # noqa: E402 (see the imports at the top)
+import fcntl  # noqa: E402
+import logging  # noqa: E402
+import selectors  # noqa: E402
+import shutil  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, NoReturn  # noqa: E402
+
+if TYPE_CHECKING:
+    from pettingllms.sandbox_pool import WorkerPool
+
+logger = logging.getLogger(__name__)
 
 
 class SandboxError(RuntimeError):
@@ -195,9 +533,13 @@ def run_python(
     """
     limits = _Limits(timeout_s, memory_mb, max_output_bytes, max_file_mb, max_processes, scratch_mb)
     _check_limits(limits)
-    with _claimed_uid() as uid, _temporary_workdir(uid) as workdir:
-        (workdir / SCRIPT_NAME).write_bytes(code.encode("utf-8", "surrogatepass"))
-        return _run_in(workdir, uid, stdin.encode("utf-8", "surrogatepass"), limits)
+    started = time.monotonic()
+    program = code.encode("utf-8", "surrogatepass"), stdin.encode("utf-8", "surrogatepass")
+    with _launcher_pool().lease() as launcher:
+        if launcher is not None:
+            with contextlib.suppress(_LauncherLost):  # it died while it waited: start one here
+                return launcher.run(*program, limits, started)
+    return _Launcher.start().run(*program, limits, started)
 
 
 def _check_limits(limits: _Limits) -> None:
@@ -220,44 +562,130 @@ def _is_number(value: object, kinds: type | tuple[type, ...]) -> bool:
     return isinstance(value, kinds) and not isinstance(value, bool)
 
 
+_pool: WorkerPool[_Launcher] | None = None
+_pool_lock = threading.Lock()
+
+
+def _launcher_pool() -> WorkerPool[_Launcher]:
+    """This process's launchers started ahead of time (made on first use: the launcher script
+    itself cannot import the pettingllms package)."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                from pettingllms.sandbox_pool import WorkerPool
+
+                _pool = WorkerPool(
+                    _Launcher.start, max_idle=_POOL_MAX_IDLE, idle_s=_POOL_IDLE_S, name="sandbox-launchers"
+                )
+    return _pool
+
+
 # ------------------------------------------------------------ one run, seen from the collector
 
 
-def _run_in(workdir: Path, uid: int | None, stdin_data: bytes, limits: _Limits) -> SandboxResult:
-    """Launch the program in `workdir`, watch it to the end, and describe what happened."""
-    status_read, status_write = os.pipe()
-    started = time.monotonic()
-    try:
-        config = _launcher_config(workdir, uid, limits, status_write)
-        proc = _start_launcher(config, workdir, status_write)
-    except OSError as error:
-        os.close(status_read)
-        raise SandboxError(f"could not start the sandbox launcher: {error}") from error
-    finally:
-        os.close(status_write)
-    try:
-        outcome = _supervise(proc, uid, stdin_data, started + limits.timeout_s, limits)
-    except BaseException:
-        _stop_everything(proc, uid)  # e.g. KeyboardInterrupt: nothing may outlive the call
-        os.close(status_read)
-        raise
-    report = _read_status(status_read, proc, outcome)
-    return _describe(proc, report, outcome, time.monotonic() - started)
+class _LauncherLost(SandboxError):
+    """The launcher ended before its program started, killed from outside (not by a failed
+    isolation step, which it reports): a fresh one may do."""
 
 
-def _launcher_config(workdir: Path, uid: int | None, limits: _Limits, status_fd: int) -> dict:
-    """Everything the launcher needs, as JSON-able values."""
+class _Launcher:
+    """A launcher process, isolated and waiting on its stdin for the one program it becomes.
+
+    It holds a claimed uid from `start` to the end of its run (or `discard`). Started ahead of
+    time by the pool's keeper thread, or by `run_python` itself when none is ready.
+    """
+
+    def __init__(self, proc: subprocess.Popen, uid: int | None, uid_lock: int | None, status_read: int):
+        self.proc = proc
+        self.uid = uid
+        self._uid_lock = uid_lock
+        self._status_read = status_read
+
+    @classmethod
+    def start(cls) -> _Launcher:
+        """Claim a uid and start a launcher for it; it isolates itself while we go on."""
+        uid, uid_lock = _claim_uid()
+        status_read = status_write = None
+        try:
+            status_read, status_write = os.pipe()
+            proc = _start_launcher(_launcher_config(uid, status_write), status_write)
+        except OSError as error:
+            _close_all(status_read, uid_lock)
+            raise SandboxError(f"could not start the sandbox launcher: {error}") from error
+        finally:
+            _close_all(status_write)
+        return cls(proc, uid, uid_lock, status_read)
+
+    def run(self, code: bytes, stdin_data: bytes, limits: _Limits, started: float) -> SandboxResult:
+        """Send the program, watch it to the end, and describe what happened."""
+        try:
+            with _temporary_workdir(self.uid) as workdir:
+                try:
+                    request = _program_request(workdir, code, limits)
+                    deadline = started + limits.timeout_s
+                    outcome = _supervise(self.proc, self.uid, request + stdin_data, deadline, limits)
+                    status_read, self._status_read = self._status_read, None
+                    report = _read_status(status_read, self.proc, outcome)
+                except BaseException:
+                    _stop_everything(self.proc, self.uid)  # e.g. KeyboardInterrupt: nothing may outlive the call
+                    raise
+                return _describe(self.proc, report, outcome, time.monotonic() - started)
+        finally:
+            self._close()
+
+    def alive(self) -> bool:
+        return not _has_exited(self.proc.pid)
+
+    def discard(self) -> None:
+        """End it unused (the pool had too many, or is closing)."""
+        _stop_everything(self.proc, self.uid)
+        self._close()
+
+    def forget(self) -> None:
+        """In a forked child: close our copies of its pipes and of its uid lock. The pipes'
+        raw files only: a buffered file's lock may be held by a thread the fork left behind."""
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.raw.close()
+        _close_all(self._status_read, self._uid_lock)
+        self._status_read = self._uid_lock = None
+
+    def _close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.close()
+        _close_all(self._status_read, self._uid_lock)  # closing the lock frees the uid
+        self._status_read = self._uid_lock = None
+
+
+def _close_all(*handles: int | None) -> None:
+    for handle in handles:
+        if handle is not None:
+            os.close(handle)
+
+
+def _launcher_config(uid: int | None, status_fd: int) -> dict:
+    """What the launcher needs before it knows its program, as JSON-able values."""
     return {
         "python": sys.executable,
-        "workdir": str(workdir),
-        "env": _child_environment(workdir),
         "uid": uid,
         "status_fd": status_fd,
         "parent_pid": os.getpid(),
-        "limits": dataclasses.asdict(limits),
         "exposed": _interpreter_exposures() if uid is not None else {},
         "interpreter_dirs": _interpreter_dirs(),
     }
+
+
+def _program_request(workdir: Path, code: bytes, limits: _Limits) -> bytes:
+    """What the launcher reads from its stdin before it becomes the program: a JSON header
+    (its size first, 8 bytes), then the code. The program's stdin follows."""
+    header = {
+        "workdir": str(workdir),
+        "env": _child_environment(workdir),
+        "limits": dataclasses.asdict(limits),
+        "code_bytes": len(code),
+    }
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "big") + encoded + code
 
 
 def _child_environment(workdir: Path) -> dict[str, str]:
@@ -276,15 +704,15 @@ def _child_environment(workdir: Path) -> dict[str, str]:
     }
 
 
-def _start_launcher(config: dict, workdir: Path, status_write: int) -> subprocess.Popen:
+def _start_launcher(config: dict, status_write: int) -> subprocess.Popen:
     """Start this file as a script in a new session, with nothing of our environment."""
     return subprocess.Popen(
         [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=workdir,
-        env=config["env"],
+        cwd="/",
+        env={"PATH": _CHILD_PATH, "LANG": "C.UTF-8"},
         start_new_session=True,
         pass_fds=(status_write,),
     )
@@ -372,7 +800,8 @@ def _read_status(status_read: int, proc: subprocess.Popen, outcome: _Outcome) ->
         raise SandboxError(f"the sandbox launcher failed: {report['error']}")
     if not report and outcome.stopped_for != "timeout":
         stderr = outcome.io.text("stderr")[-2000:]
-        raise SandboxError(f"the sandbox launcher exited with {proc.returncode} before the program started: {stderr}")
+        error = _LauncherLost if proc.returncode < 0 else SandboxError  # killed, or failed by itself
+        raise error(f"the sandbox launcher exited with {proc.returncode} before the program started: {stderr}")
     if report and os.geteuid() == 0 and not report["separate_user"]:
         _warn_once(
             "sandboxed programs run as root: the interpreter is out of other users' reach "
@@ -531,16 +960,15 @@ class _ProcessIO:
 # ------------------------------------------------------------ uids, working dirs, /proc
 
 
-@contextlib.contextmanager
-def _claimed_uid() -> Iterator[int | None]:
-    """Claim an unprivileged uid for one run; None when we are not root and cannot switch.
+def _claim_uid() -> tuple[int | None, int | None]:
+    """Claim an unprivileged uid for one run: (uid, the handle whose closing frees it), or
+    (None, None) when we are not root and cannot switch.
 
     The claim is an flock on a file per uid, so it holds across threads and across
     collectors on one machine, and it is released if the collector dies.
     """
     if os.geteuid() != 0:
-        yield None
-        return
+        return None, None
     lock_dir = _uid_lock_dir()
     for uid in range(_UID_BASE, _UID_BASE + _UID_SLOTS):
         handle = _try_lock(lock_dir / f"{uid - _UID_BASE}.lock")
@@ -551,11 +979,7 @@ def _claimed_uid() -> Iterator[int | None]:
             os.close(handle)
             continue
         _remove_stale_workdirs(uid)
-        try:
-            yield uid
-        finally:
-            os.close(handle)
-        return
+        return uid, handle
     raise SandboxError(f"all {_UID_SLOTS} sandbox uids are in use; run fewer programs at once")
 
 
@@ -678,35 +1102,6 @@ def _kill_if_owned_by(pid: int, uid: int) -> None:
         os.close(handle)
 
 
-def _process_table() -> dict[int, tuple[int, str, int]]:
-    """pid -> (real uid, state letter, threads) of every process, from /proc."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            status = _process_status(int(entry.name))
-            if status is not None:
-                table[int(entry.name)] = status
-    return table
-
-
-def _process_status(pid: int) -> tuple[int, str, int] | None:
-    """(real uid, state letter, threads) of one process, or None if it is gone.
-
-    Raw reads: this runs for every process on the machine, twice per run.
-    """
-    try:
-        handle = os.open(f"/proc/{pid}/status", os.O_RDONLY)
-        try:
-            data = os.read(handle, 8192)
-        finally:
-            os.close(handle)
-        fields = dict(line.split(b":", 1) for line in data.splitlines() if b":" in line)
-        uid, state = int(fields[b"Uid"].split()[0]), fields[b"State"].split()[0].decode()
-        return uid, state, int(fields[b"Threads"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
 @functools.cache
 def _interpreter_dirs() -> list[str]:
     """The outermost directories the program's interpreter needs (the venv and its base)."""
@@ -740,257 +1135,3 @@ def _first_closed_directory(path: str) -> str | None:
         except OSError:
             return None
     return None
-
-
-# ------------------------------------------------------------ the launcher (runs as a script)
-
-
-def _launch(config: dict) -> NoReturn:
-    """Isolate this fresh process as far as we may, then become the program."""
-    status_fd = config["status_fd"]
-    os.set_inheritable(status_fd, False)  # closed by exec: the program never sees it
-    try:
-        report = _isolate_as_root(config) if os.geteuid() == 0 else _isolate_as_user()
-        _bind_to_parent(config["parent_pid"])
-        _apply_limits(config["limits"], shares_uid=not report["separate_user"])
-        if report["separate_user"]:
-            _forbid_user_namespaces(report["uid"])
-        os.write(status_fd, (json.dumps(report) + "\n").encode())
-        python = config["python"]
-        os.execve(python, [python, "-s", "-P", SCRIPT_NAME], config["env"])
-    except BaseException as error:  # anything here is reported to the collector
-        message = json.dumps({"error": f"{type(error).__name__}: {error}"})
-        os.write(status_fd, (message + "\n").encode())
-        os._exit(_LAUNCH_FAILED)
-
-
-def _isolate_as_root(config: dict) -> dict:
-    """New network, mount and IPC namespaces if we can, then switch to the run's uid."""
-    network_isolated = _unshare(_CLONE_NEWNET)
-    private_tmp = _unshare(_CLONE_NEWNS | _CLONE_NEWIPC)
-    if private_tmp:
-        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # our mounts stay ours
-        _make_read_only()  # all that is mounted now; the mounts made below are the writable ones
-        _expose_interpreter(config["exposed"])
-        _mount_private_scratch(
-            config["workdir"], config["uid"], config["limits"]["scratch_mb"], config["interpreter_dirs"]
-        )
-        _hide_other_processes()
-    separate_user = private_tmp or not config["exposed"]
-    if separate_user:
-        _become(config["uid"])
-    return {
-        "network_isolated": network_isolated,
-        "private_tmp": private_tmp,
-        "separate_user": separate_user,
-        "uid": os.getuid(),
-    }
-
-
-def _isolate_as_user() -> dict:
-    """Not root: a user namespace is what lets us have an empty network namespace."""
-    uid = os.getuid()
-    network_isolated = _unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWIPC)
-    return {
-        "network_isolated": network_isolated,
-        "private_tmp": False,
-        "separate_user": False,
-        "uid": uid,
-    }
-
-
-def _become(uid: int) -> None:
-    """Drop root for good: no groups, and real, effective and saved ids all `uid`."""
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return
-    raise RuntimeError(f"dropping privileges to uid {uid} did not work")
-
-
-def _forbid_user_namespaces(uid: int) -> None:
-    """Enter a user namespace of our own in which the program cannot create another, so it
-    cannot unshare(CLONE_NEWUSER) to get every capability there, and with them kernel code
-    that is a common way in (netfilter, mounts of its own).
-
-    Every way out of here forbids it: max_user_namespaces=0 (we hold CAP_SYS_RESOURCE in the
-    namespace until execve, the program never does, so it cannot raise it again) with `uid`
-    mapped to itself, so ids look the same from inside; or, where /proc/sys is read-only
-    (docker), no uid map at all: the kernel refuses a namespace to a process whose uid has no
-    mapping (the program then sees itself and root's files as uid 65534). And if we cannot
-    create a namespace, the program, with our uid under the same kernel policy, cannot either.
-    """
-    if not _unshare(_CLONE_NEWUSER):
-        return
-    try:
-        Path("/proc/sys/user/max_user_namespaces").write_text("0")
-    except OSError:
-        return
-    # Since we dropped root we are not dumpable, so /proc/self is root's and its maps closed
-    # to us; the program is dumpable anyway once it is exec'd, and dumps no core.
-    _check(_libc().prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(DUMPABLE)")
-    with contextlib.suppress(OSError):  # left unmapped it is still forbidden, as above
-        Path("/proc/self/setgroups").write_text("deny")  # the kernel wants this before an unprivileged gid_map
-        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-        Path("/proc/self/gid_map").write_text(f"{uid} {uid} 1")
-
-
-def _make_read_only() -> None:
-    """Make every mount read-only, so that the program cannot leave files in world-writable
-    folders outside its scratch mounts (a 1777 /srv/x, a 0777 data folder). One mount_setattr
-    call (Linux 5.12+); older kernels have each mount point remounted."""
-    import ctypes
-
-    attributes = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)  # struct mount_attr: set, clear, ...
-    size = ctypes.sizeof(attributes)
-    result = _libc().syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attributes), size)
-    if result != 0 and ctypes.get_errno() == errno.ENOSYS:
-        _remount_each_read_only()
-    else:
-        _check(result, "mount_setattr / (read-only)")
-
-
-def _remount_each_read_only() -> None:
-    """What `_make_read_only` does, one mount point at a time. A remount drops the flags it
-    does not repeat, so each keeps its nosuid, nodev and noexec (ST_* = MS_* values)."""
-    for point in _mount_points():
-        try:
-            kept = os.statvfs(point).f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
-            _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
-        except OSError as error:
-            if error.errno not in (errno.EINVAL, errno.ENOENT):  # hidden under a later mount
-                raise
-
-
-def _mount_points() -> list[str]:
-    """Every mount point of our mount namespace: field 5 of /proc/self/mountinfo, where a
-    space and the like are written as octal escapes (\\040)."""
-    with open("/proc/self/mountinfo", "rb") as stream:
-        fields = [line.split(b" ")[4] for line in stream.read().splitlines()]
-    octal = re.compile(rb"\\([0-7]{3})")
-    return [os.fsdecode(octal.sub(lambda match: bytes([int(match[1], 8)]), field)) for field in fields]
-
-
-def _expose_interpreter(exposed: dict[str, list[str]]) -> None:
-    """Cover each closed directory (e.g. /root) with an empty tmpfs and bind back, read-only,
-    only the interpreter directories under it; the rest stays out of sight."""
-    for closed, needed in exposed.items():
-        _cover_keeping(closed, needed, "mode=0755,size=1m")
-
-
-def _cover_keeping(directory: str, keep: list[str], options: str) -> None:
-    """Mount a fresh tmpfs over `directory`, then bind the `keep` paths under it back, read-only."""
-    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep]
-    _mount("tmpfs", directory, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
-    for path, handle in zip(keep, handles):
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND | _MS_REC)
-        _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-        os.close(handle)
-
-
-def _mount_private_scratch(workdir: str, uid: int, scratch_mb: int, interpreter_dirs: list[str]) -> None:
-    """Small private tmpfs mounts over the working dir and the world-writable directories:
-    the disk cannot fill up, and nothing is shared with other runs or left behind. An
-    interpreter that lives under one of them (a venv in /tmp) is bound back, read-only."""
-    code = Path(workdir, SCRIPT_NAME).read_bytes()
-    for path in _SHARED_WRITABLE_DIRS:
-        if os.path.isdir(path) and not os.path.islink(path):
-            keep = [d for d in interpreter_dirs if d.startswith(path + os.sep)]
-            _cover_keeping(path, keep, f"mode=1777,size={_SHARED_SCRATCH_MB}m")
-    os.makedirs(workdir, mode=0o755, exist_ok=True)  # it was under /tmp, now covered
-    options = f"mode=0700,uid={uid},gid={uid},size={scratch_mb}m"
-    _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
-    Path(workdir, SCRIPT_NAME).write_bytes(code)
-    os.chdir(workdir)  # our old working directory is now hidden underneath
-
-
-def _hide_other_processes() -> None:
-    """A /proc that shows the program only its own processes (hidepid=2); best effort."""
-    with contextlib.suppress(OSError):
-        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "hidepid=2")
-
-
-def _bind_to_parent(parent_pid: int) -> None:
-    """No new privileges (setuid binaries), and die with the collector rather than outlive it.
-
-    PDEATHSIG fires when the thread that started us ends; that thread waits in run_python
-    until we are gone, so it cannot end first.
-    """
-    libc = _libc()
-    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
-    if os.getppid() != parent_pid:
-        os._exit(_LAUNCH_FAILED)  # the collector died before PDEATHSIG was armed
-
-
-def _apply_limits(limits: dict, *, shares_uid: bool) -> None:
-    """Resource limits, set last: lowering a limit needs no privilege."""
-    import resource
-
-    cpu_s = math.ceil(limits["timeout_s"]) + 1
-    processes = limits["max_processes"]
-    if shares_uid:  # RLIMIT_NPROC counts every task of the uid, the collector's too
-        processes += _tasks_of(os.getuid())
-    _lower_limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
-    _lower_limit(resource.RLIMIT_AS, limits["memory_mb"] << 20)
-    _lower_limit(resource.RLIMIT_FSIZE, limits["max_file_mb"] << 20)
-    _lower_limit(resource.RLIMIT_NPROC, processes)
-    _lower_limit(resource.RLIMIT_NOFILE, 256)
-    _lower_limit(resource.RLIMIT_CORE, 0)
-
-
-def _tasks_of(uid: int) -> int:
-    """How many tasks (threads) `uid` runs now."""
-    return sum(threads for owner, _, threads in _process_table().values() if owner == uid)
-
-
-def _lower_limit(which: int, soft: int, hard: int | None = None) -> None:
-    """Set a limit, never above the hard limit we already have (raising it needs privilege)."""
-    import resource
-
-    _, current_hard = resource.getrlimit(which)
-    ceiling = _RLIMIT_MAX if current_hard == resource.RLIM_INFINITY else current_hard
-    hard = soft if hard is None else hard
-    resource.setrlimit(which, (min(soft, ceiling), min(hard, ceiling)))
-
-
-@functools.cache
-def _libc():
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    text, number = ctypes.c_char_p, ctypes.c_ulong
-    libc.mount.argtypes = [text, text, text, number, text]
-    libc.unshare.argtypes = [ctypes.c_int]
-    libc.prctl.argtypes = [ctypes.c_int, number, number, number, number]
-    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_long, text, ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t]
-    return libc
-
-
-def _check(result: int, action: str) -> None:
-    if result != 0:
-        import ctypes
-
-        number = ctypes.get_errno()
-        raise OSError(number, f"{action}: {os.strerror(number)}")
-
-
-def _unshare(flags: int) -> bool:
-    """Enter new namespaces; False if the kernel or our capabilities do not allow it."""
-    return _libc().unshare(flags) == 0
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    def encode(text: str | None) -> bytes | None:
-        return None if text is None else text.encode()
-
-    result = _libc().mount(encode(source), encode(target), encode(fstype), flags, encode(data))
-    _check(result, f"mount {target}")
-
-
-if __name__ == "__main__":
-    _launch(json.loads(sys.argv[1]))
