@@ -14,9 +14,11 @@ we did not write (it lacks `CARD_MARKER`) is the user's: it is never replaced.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,20 +145,21 @@ def hub_configs(runs: list[RunEntry]) -> list[dict[str, str]]:
 
 
 def config_names(run_names: list[str]) -> dict[str, str]:
-    """{run name: its config name}: the run name when the Hub accepts it, else a sanitized, unique form."""
-    names: dict[str, str] = {}
-    taken = {"default"}
-    for run_name in run_names:
-        name = (
-            run_name
-            if _CONFIG_NAME.fullmatch(run_name)
-            else "run_" + re.sub(r"[^A-Za-z0-9._-]+", "_", run_name).strip("_")
-        )
-        unique, suffix = name, 2
-        while unique in taken:
-            unique, suffix = f"{name}_{suffix}", suffix + 1
-        taken.add(unique)
-        names[run_name] = unique
+    """{run name: its config name}: the run name when the Hub accepts it, else a sanitized form.
+
+    A config name must never move to another run when runs come and go (a user's
+    `load_dataset(folder, name)` would silently load other data): a valid run name is always its
+    own config name, and a sanitized form that another run has too gets a suffix from the run
+    name's hash, not from the order of the runs."""
+    valid = {name for name in run_names if _CONFIG_NAME.fullmatch(name) and name != "default"}
+    sanitized = {
+        name: "run_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") for name in run_names if name not in valid
+    }
+    shared = Counter(sanitized.values())
+    names = {name: name for name in valid}
+    for name, form in sanitized.items():
+        clash = form in valid or shared[form] > 1
+        names[name] = f"{form}_{hashlib.sha1(name.encode()).hexdigest()[:8]}" if clash else form
     return names
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pettingllms.exceptions import UserError
 from pettingllms.run_summary import RunSummary
 from pettingllms.training_log import LossCurve
 
@@ -26,10 +27,16 @@ def _pyplot():
 
 
 def _save(figure: Any, output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """Write `figure` to `output`; a failed write (a full disk) is one UserError line, and leaves no half PNG."""
     figure.tight_layout()
-    figure.savefig(output, dpi=100)
-    _pyplot().close(figure)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(output, dpi=100)
+    except OSError as error:
+        output.unlink(missing_ok=True)
+        raise UserError(f"Cannot write the plot {output}: {error.strerror or error}.") from None
+    finally:
+        _pyplot().close(figure)
     return output
 
 

@@ -108,7 +108,21 @@ class RunFiles:
         return self.folder == self.directory
 
     def prepare(self) -> None:
-        """Make the folders a run writes into; called when a run starts."""
+        """Make the folders a run writes into; called when a run starts.
+
+        A run half moved between the layouts (its rollouts in `runs/`, its config still at the top)
+        is refused: writing it would start its ledger anew at the top, playing every episode again."""
+        runs = self.directory / RUNS_FOLDER
+        if self.is_legacy:
+            stray = [path.name for path in (runs / self.rollouts.name, runs / self.stats.name, runs / self.config.name)]
+            stray = [name for name in stray if (runs / name).exists()]
+            if stray:
+                raise DataError(
+                    f"Run '{self.run_name}' has files both at the top of {self.directory} and in {runs} "
+                    f"({', '.join(stray)}); move its rollouts, stats and config files into {RUNS_FOLDER}/ together."
+                )
+        elif runs.exists() and not runs.is_dir():
+            raise DataError(f"{runs} is a file, and a run's files go into a folder of that name; move the file away.")
         self.folder.mkdir(parents=True, exist_ok=True)
 
     @classmethod
