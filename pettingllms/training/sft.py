@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -238,11 +239,16 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
         )
     has_eval = evaluation is not None
     config = build_sft_config(settings, has_eval=has_eval, assistant_mask=uses_assistant_mask(tokenizer))
+    import torch
     from peft import PeftModel
     from peft.utils.error import NoMatchingPeftModuleError
 
+    # On a GPU, TRL's tiled LM head saves the memory of the full logits (a 150k vocabulary makes
+    # them the largest tensor); on a CPU its tile loops cost more than the logits they avoid
+    # (bench/train.py: two thirds of a tiny model's step), so the loss comes from the logits.
+    trainer_class = SFTTrainer if torch.cuda.is_available() else logits_loss_trainer()
     try:
-        trainer = SFTTrainer(
+        trainer = trainer_class(
             model=model,
             args=config,
             train_dataset=train,
@@ -262,6 +268,26 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(training_progress_callback())
     return trainer
+
+
+@functools.cache
+def logits_loss_trainer() -> type:
+    """`SFTTrainer` with transformers' own loss: cross-entropy over the full logits on the tokens
+    whose label is not -100 (the same mask and the same value as TRL's tiled LM head, which also
+    computes entropy and token accuracy over the vocabulary on every step)."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class LogitsLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            if model.training and "attention_mask" in inputs:  # the `num_tokens` TRL logs, for tokens/s
+                seen = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+                self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + seen
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return LogitsLossSFTTrainer
 
 
 # ---------------------------------------------------------------- configs
