@@ -282,6 +282,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def judge_line(judge: dict) -> str:
+    """One line on the judge's work: calls, scores and errors by kind (a judge that never gives a score shows here)."""
+    errors = ", ".join(f"{count} {kind}" for kind, count in judge["errors"].items()) or "none"
+    mean = "n/a" if judge["mean_score"] is None else f"{judge['mean_score']:.2f}"
+    return f"Judge: {judge['calls']} calls, {judge['scored']} scores (mean {mean}), errors: {errors}."
+
+
 def _collect(config):
     from pettingllms.collect import collect
 
@@ -292,6 +299,8 @@ def _collect(config):
         f"(success rate {stats['success_rate']:.2f}), {stats['kept_records']} records kept, "
         f"{stats['error_episodes']} errors."
     )
+    if stats.get("judge"):
+        print(judge_line(stats["judge"]))
     if stats["total_episodes"] and stats["successful_episodes"] == 0 and config.training.only_success:
         models = any(policy.backend != "expert" for policy in config.policies_by_name().values())
         hint = "; a tiny or untrained model is expected to score zero" if models else ""

@@ -95,3 +95,18 @@ def test_a_judge_that_fails_after_the_start_costs_scores_not_episodes(tmp_path):
     with pytest.raises(UserError, match=r"^The judge \(reward.judge\) did not answer"):
         collect_judged(tmp_path, f"http://127.0.0.1:{free_port()}/v1", 8)
     assert files.rollouts.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_the_collect_summary_says_what_the_judge_did(tmp_path, capsys):
+    from pettingllms.cli import main
+
+    # A judge that answers the start-up check and then never gives a score: the summary must show it.
+    with ScriptedJudge({"agent (": "I cannot grade this."}) as server:
+        settings = [*SETTINGS, "env.name=math_single_agent", f"training.sft_data_dir={tmp_path}"]
+        status = main(["collect", *settings, "training.sft_num_episodes=3", f"reward.judge.base_url={server.base_url}"])
+    assert status == 0
+    stats = json.loads(RunFiles(tmp_path, "judged").stats.read_text())
+    calls = stats["judge"]["calls"]
+    line = f"Judge: {calls} calls, 0 scores (mean n/a), errors: {calls} judge_unparsable."
+    assert calls > 0 and line in capsys.readouterr().out.splitlines()
