@@ -513,6 +513,7 @@ class CollectionStats:
     def to_dict(self, wall_time_s: float, removed: Counter, tokenizer_name: str | None = None) -> dict[str, Any]:
         """The stats file's content."""
         judged = {"judge": self.judge.to_dict()} if self.judge.calls else {}
+        wall_time_s = round(wall_time_s, 3)  # the rate from the written time: `filter` recomputes it from there
         return {
             "env_name": self.env_name,
             "run_name": self.run_name,
@@ -531,7 +532,7 @@ class CollectionStats:
             "errors": dict(sorted(self.errors.items())),
             **judged,
             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens},
-            "wall_time_s": round(wall_time_s, 3),
+            "wall_time_s": wall_time_s,
             "episodes_per_s": round(self.episodes / wall_time_s, 3) if wall_time_s > 0 else 0.0,
             "kept_record_chars": summarize_lengths(self.record_chars),
             "kept_record_tokens": (

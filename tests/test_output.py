@@ -17,7 +17,10 @@ pytestmark = pytest.mark.slow
 
 def quick_test(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     # Pipes, not a terminal: what a user gets with `pettingllms quick-test > log 2>&1`.
-    environment = {key: value for key, value in os.environ.items() if key != "PETTINGLLMS_PROGRESS"}
+    # A user's shell: none of the switches `quiet_libraries` sets in this test process (other tests call it).
+    ours = {"PETTINGLLMS_PROGRESS", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"}
+    ours |= {"HF_DATASETS_DISABLE_PROGRESS_BARS", "TOKENIZERS_PARALLELISM"}
+    environment = {key: value for key, value in os.environ.items() if key not in ours}
     return subprocess.run(
         [sys.executable, "-m", "pettingllms", *args], capture_output=True, text=True, cwd=cwd, timeout=900,
         env=environment,
@@ -43,7 +46,7 @@ def test_a_logged_quick_test_has_no_warning_raw_dict_or_bar_and_ends_with_the_su
 
 def test_training_keeps_a_loss_for_every_step(logged):
     _, folder = logged
-    summary = json.loads((folder / "sft_data" / "quick_test" / "sft_model" / "training_summary.json").read_text())
+    summary = json.loads((folder / "sft_model_quick_test" / "training_summary.json").read_text())
     steps = [entry["step"] for entry in summary["loss_curve"] if "loss" in entry]
     assert steps == list(range(1, summary["global_steps"] + 1))
     assert summary["first_train_loss"] == summary["loss_curve"][0]["loss"]
