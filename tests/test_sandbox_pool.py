@@ -102,10 +102,12 @@ def test_a_launcher_used_by_one_program_leaves_nothing_for_the_next():
     )
     second = run_with_a_ready_launcher(
         """
-        import os
+        import os, sys
         own_workdir = os.path.basename(os.getcwd())  # its mount point, in its own /tmp
+        # An interpreter (or venv) that lives under /tmp is bound back into the private /tmp, read-only.
+        interpreter = {path.split("/")[2] for path in (sys.prefix, sys.base_prefix) if path.startswith("/tmp/")}
         for folder in (".", "/tmp", "/dev/shm"):
-            print(folder, sorted(set(os.listdir(folder)) - {own_workdir}))
+            print(folder, sorted(set(os.listdir(folder)) - {own_workdir} - interpreter))
         print("env", sorted(os.environ))
         print("processes", [pid for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid()])
         """
