@@ -66,7 +66,7 @@ def rows_of(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         for batch, o in r["overhead"].items():
             rows.append(
                 (
-                    f"hf collect vs raw generate, batch {batch}",
+                    f"hf collect vs raw generate, batch {batch}, {int(batch) * r.get('in_flight', 1)} in flight",
                     f"{o['collect_over_raw']:.2f}x the time",
                     "<= 1.15x",
                     r["machine"]["load_average"],
@@ -82,6 +82,16 @@ def rows_of(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                 (
                     f"sandbox run_python vs bare python, {s['in_flight']} in flight",
                     f"{s['sandbox_over_bare']:.2f}x the time ({s['sandbox_ms']:.0f} vs {s['bare_ms']:.0f} ms)",
+                    "<= 1.3x" if label == "sequential" else "",
+                    r["machine"]["load_average"],
+                )
+            )
+        if "cold" in r:
+            c, cpu = r["cold"], r["cpu_ms_per_run"]
+            rows.append(
+                (
+                    "sandbox run_python, no launcher ready (first call)",
+                    f"{c['sandbox_over_bare']:.2f}x the time; CPU per run {cpu['sandbox']:.0f} vs {cpu['bare']:.0f} ms",
                     "",
                     r["machine"]["load_average"],
                 )
