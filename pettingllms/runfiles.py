@@ -42,7 +42,6 @@ RUNS_FOLDER = "runs"
 """The sub-folder of a run's files other than its records (and an evaluation's summary)."""
 RECORDS_GLOB = f"{RECORDS_PREFIX}*.jsonl"
 """The records of every run in a folder: what `load_dataset` and the dataset card's default config read."""
-"""The sub-folder of a run's files other than its records (and an evaluation's summary)."""
 SHARD = re.compile(r"\.shard-(\d+)-of-(\d+)\.jsonl")
 """What follows a run name in the records file of one of its shards."""
 _UNSAFE_NAME = re.compile(r"[/\\*?\[\]\x00-\x1f\x7f]")
