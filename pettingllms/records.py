@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -402,6 +403,16 @@ def episode_succeeded(episode: Episode) -> bool:
     return bool(episode["success"]) and not episode.get("error")
 
 
+def task_yield(samples: Iterable[tuple[int, int]]) -> tuple[int, int, int]:
+    """How many tasks all, some and none of their samples solved, from each task's (played, succeeded)."""
+    tasks = list(samples)
+    return (
+        sum(succeeded == played for played, succeeded in tasks),
+        sum(0 < succeeded < played for played, succeeded in tasks),
+        sum(succeeded == 0 for _, succeeded in tasks),
+    )
+
+
 @dataclass(frozen=True)
 class SampleQuota:
     """Sampling until success (`training.min_successes_per_task`, `training.max_samples_per_task`).
@@ -548,11 +559,12 @@ class CollectionStats:
         """The tasks' yield: how many of their played samples succeeded and, sampling until success, how each ended."""
         counts = list(self.task_samples.items())
         quota = self.quota
+        solved_by_all, solved_by_some, solved_by_none = task_yield(samples for _, samples in counts)
         summary: dict[str, Any] = {
             "tasks": len(counts),
-            "solved_by_all": sum(succeeded == played for _, (played, succeeded) in counts),
-            "solved_by_some": sum(0 < succeeded < played for _, (played, succeeded) in counts),
-            "solved_by_none": sum(succeeded == 0 for _, (_, succeeded) in counts),
+            "solved_by_all": solved_by_all,
+            "solved_by_some": solved_by_some,
+            "solved_by_none": solved_by_none,
             "min_successes": quota.min_successes if quota else None,
             "max_samples": quota.max_samples if quota else None,
             "reached_min_successes": None,

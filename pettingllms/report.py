@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pettingllms.exceptions import DataError, UserError
-from pettingllms.records import Episode
+from pettingllms.records import Episode, episode_succeeded
 from pettingllms.report_page import page_html
-from pettingllms.run_summary import episode_succeeded
 from pettingllms.stats import LoadedRun, load_run, plots_folder, resolve_run
 from pettingllms.tables import Section, summary_sections
 from pettingllms.training_log import TrainingResults, read_training_results

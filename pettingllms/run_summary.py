@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pettingllms.records import Episode, RecordFilter, Turn
+from pettingllms.records import Episode, RecordFilter, Turn, episode_succeeded, task_yield
 
 
 @dataclass
@@ -156,11 +156,6 @@ def kept_turns(episodes: list[Episode], record_filter: RecordFilter) -> list[set
     return [{record["metadata"]["turn_idx"] for record in record_filter.keep(episode)} for episode in episodes]
 
 
-def episode_succeeded(episode: Episode) -> bool:
-    """Success as the stats file counts it: the env said so and nothing broke."""
-    return bool(episode["success"]) and not episode.get("error")
-
-
 def turn_length(turn: Turn, unit: str) -> int:
     """The size of the record a turn makes: prompt + reply, in tokens or characters."""
     if unit == "tokens":
@@ -228,15 +223,8 @@ def task_outcomes(episodes: list[Episode]) -> TaskOutcomes:
     by_task: dict[int, list[bool]] = defaultdict(list)
     for episode in episodes:
         by_task[episode["env_idx"]].append(episode_succeeded(episode))
-    outcomes = TaskOutcomes(tasks=len(by_task), max_samples=max((len(s) for s in by_task.values()), default=0))
-    for successes in by_task.values():
-        if all(successes):
-            outcomes.all_succeeded += 1
-        elif any(successes):
-            outcomes.some_succeeded += 1
-        else:
-            outcomes.none_succeeded += 1
-    return outcomes
+    played = [(len(successes), sum(successes)) for successes in by_task.values()]
+    return TaskOutcomes(len(by_task), max((n for n, _ in played), default=0), *task_yield(played))
 
 
 def summarize_records(run_name: str, records: list[dict[str, Any]]) -> RunSummary:
