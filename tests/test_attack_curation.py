@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from disks import fill
 from synthetic_runs import make_episode, standard_episodes, write_run
-from test_layout import collect_run, fill, full_disk, load_dataset  # noqa: F401 (fixtures)
+from test_layout import collect_run, full_disk, load_dataset  # noqa: F401 (fixtures)
 
 from pettingllms.dataset_card import config_names, write_card
 from pettingllms.exceptions import DataError

@@ -13,6 +13,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from disks import mounted_tmpfs
 from servers import FaultyServer, free_port
 
 from pettingllms.collect import EpisodePlan, collect
@@ -172,14 +173,9 @@ def test_the_zero_success_hint_speaks_of_models_only_when_a_model_played(tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 160 KiB tmpfs: a collection fills it within a few dozen episodes. Needs root (CI and here run as root)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    """A 160 KiB tmpfs: a collection fills it within a few dozen episodes."""
+    with mounted_tmpfs(tmp_path / "disk", "size=160k") as mount:
+        yield mount
 
 
 @pytest.mark.slow

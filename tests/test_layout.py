@@ -7,13 +7,13 @@ existed (the legacy layout) must still resume and be read where they are.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
 import subprocess
 
 import pytest
+from disks import fill, mounted_tmpfs
 from synthetic_runs import standard_episodes, write_run
 
 from pettingllms.collect import collect
@@ -161,25 +161,9 @@ def test_the_name_of_a_sharded_run_counts_its_shards_as_one_and_names_the_missin
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 200 KiB tmpfs, filled up. Needs root (CI and here run as root)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory) -> None:
-    descriptor = os.open(directory / "filler", os.O_CREAT | os.O_WRONLY)
-    try:
-        while os.write(descriptor, b"\0" * 4096):
-            pass
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(descriptor)
+    """A 200 KiB tmpfs (filled up by the tests that use it with `fill`)."""
+    with mounted_tmpfs(tmp_path / "disk", "size=200k") as mount:
+        yield mount
 
 
 def test_a_full_disk_while_writing_the_card_is_a_warning_and_keeps_the_old_card(full_disk, capsys):

@@ -5,16 +5,14 @@ printing exactly the planner's answer (so the planner's turn is a copy). Most te
 expert's own (trusted) programs in this process, a few go through the real sandbox.
 """
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import subprocess
-import traceback
 from pathlib import Path
 
 import pytest
+from test_planning_envs import run_in_process
 
 import pettingllms
 from pettingllms import sandbox
@@ -37,19 +35,9 @@ V0_TOOL_REPLIES_SHA256 = {
 """`v0_tool_replies_digest` of the v0 envs, computed before the compact program existed."""
 
 
-def run_in_process(code, *, stdin="", timeout_s=5.0, memory_mb=512):
-    """A stand-in for `sandbox.run_python`, for the expert's programs only."""
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, "main.py", "exec"), {"__name__": "__main__"})
-    except Exception:
-        return sandbox.SandboxResult(1, printed.getvalue(), traceback.format_exc(), False)
-    return sandbox.SandboxResult(0, printed.getvalue(), "", False)
-
-
 @pytest.fixture
 def fast_sandbox(monkeypatch):
+    """The expert's own programs run in this process (`run_in_process`), not in the sandbox."""
     monkeypatch.setattr(sandbox, "run_python", run_in_process)
 
 

@@ -6,7 +6,6 @@ Everything runs on CPU in a few seconds per training: a handful of records, a fe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from disks import mounted_tmpfs
 
 from pettingllms.config.sft import SFTSettings
 from pettingllms.exceptions import ModelNotFoundError, UserError
@@ -313,19 +313,6 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tmp_path
     settings = quick_settings(tmp_path / "out", model_name_or_path=str(tmp_path / "no_model"))
     with pytest.raises(UserError, match=f"^Output folder '{tmp_path / 'out'}' is a file; choose a folder.$"):
         run_training(settings, [data])
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(folder: Path, options: str):
-    """A small tmpfs at `folder` (root only: chmod stops no root process, a mount does)."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_read_only_output_folder_is_one_line_before_the_model_loads(tmp_path):
