@@ -171,18 +171,13 @@ def test_bad_column_settings_are_one_line_config_errors(values, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.slow
-def test_ragen_parquet_trains_one_step_on_the_tiny_model(tmp_path):
-    # Needs run_training to read with its settings: read_records(paths, settings).
+def one_step_settings(output_dir, **keys) -> SFTSettings:
+    """One LoRA step of the tiny built-in model, with the data keys under test."""
     from pettingllms.tiny_model import tiny_model_path
-    from pettingllms.training.sft import run_training
 
-    data = ragen_parquet(tmp_path / "train.parquet")
-    settings = SFTSettings(
+    return SFTSettings(
         model_name_or_path=str(tiny_model_path()),
-        output_dir=str(tmp_path / "out"),
-        prompt_key="input",
-        response_key="output",
+        output_dir=str(output_dir),
         max_steps=1,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=1,
@@ -190,7 +185,17 @@ def test_ragen_parquet_trains_one_step_on_the_tiny_model(tmp_path):
         lora_alpha=8,
         logging_steps=1,
         max_seq_length=256,
+        **keys,
     )
+
+
+@pytest.mark.slow
+def test_ragen_parquet_trains_one_step_on_the_tiny_model(tmp_path):
+    # Needs run_training to read with its settings: read_records(paths, settings).
+    from pettingllms.training.sft import run_training
+
+    data = ragen_parquet(tmp_path / "train.parquet")
+    settings = one_step_settings(tmp_path / "out", prompt_key="input", response_key="output")
     summary = run_training(settings, [str(data)])
     assert summary["train_samples"] == 4
     assert (tmp_path / "out" / "adapter_config.json").is_file()
@@ -198,21 +203,9 @@ def test_ragen_parquet_trains_one_step_on_the_tiny_model(tmp_path):
 
 @pytest.mark.slow
 def test_agentrl_json_trains_one_step_with_min_reward(tmp_path):
-    from pettingllms.tiny_model import tiny_model_path
     from pettingllms.training.sft import run_training
 
     data = agentrl_json(tmp_path / "agentrl.json")
-    settings = SFTSettings(
-        model_name_or_path=str(tiny_model_path()),
-        output_dir=str(tmp_path / "out"),
-        min_reward=0.5,
-        max_steps=1,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        lora_r=4,
-        lora_alpha=8,
-        logging_steps=1,
-        max_seq_length=256,
-    )
+    settings = one_step_settings(tmp_path / "out", min_reward=0.5)
     summary = run_training(settings, [str(data)])
     assert summary["train_samples"] == 2
