@@ -9,7 +9,7 @@ import pytest
 from pettingllms.exceptions import ModelNotFoundError, PolicyError
 from pettingllms.policies.base import GenerationRequest, SamplingParams
 from pettingllms.policies.hf import HFPolicy
-from pettingllms.tiny_model import build_tiny_model
+from pettingllms.tiny_model import TINY_MODEL_NAME, build_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -183,7 +183,7 @@ def test_default_model_is_the_cached_tiny_one(tmp_path, monkeypatch):
     policy = HFPolicy(device="cpu")
     generation = asyncio.run(policy.generate(ask("hello", max_tokens=2)))
     assert generation.prompt_text.startswith("<|im_start|>user\nhello")
-    assert (tmp_path / "tiny-qwen2-v1" / "config.json").is_file()
+    assert (tmp_path / TINY_MODEL_NAME / "config.json").is_file()
 
 
 def test_a_cached_hub_id_loads_from_its_snapshot_folder(tiny_dir, tmp_path, monkeypatch):
