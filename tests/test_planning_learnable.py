@@ -266,3 +266,54 @@ def test_the_demo_script_runs_small_and_prints_before_and_after(script, tmp_path
     assert "before / after training, 2 test episodes" in run.stdout
     assert "load average before:" in run.stdout and "wall time:" in run.stdout
     assert (tmp_path / "out" / "model").is_dir()
+
+
+# -- sudoku's empty_cell ---------------------------------------------------------------
+
+
+def test_sudoku_empty_cell_zero_draws_zeros_and_the_expert_still_solves(fast_sandbox):
+    dots, zeros = pettingllms.make("sudoku"), pettingllms.make("sudoku", empty_cell="0")
+    for seed in range(50):
+        dotted = puzzle_in_prompt(dots.reset(seed=seed)[0])
+        obs, _ = zeros.reset(seed=seed)
+        assert puzzle_in_prompt(obs) == dotted.replace(".", "0"), seed
+        assert "'0' for an empty cell" in obs[1]["content"]
+        assert extract_python_block(zeros.expert_reply()).startswith(f'puzzle = """\n{dotted.replace(".", "0")}\n')
+        steps = play_expert(zeros, seed)
+        assert len(steps) == 2 and steps[-1][-1]["success"] is True, seed
+    # The default is the '.' it always was.
+    assert "'.' for an empty cell" in dots.reset(seed=0)[0][1]["content"]
+
+
+def test_sudoku_empty_cell_zero_gives_every_puzzle_the_same_length_in_tokens():
+    """Why `empty_cell="0"` exists: the tiny model's (Qwen2's) pre-tokenizer merges " ." and
+    " .\\n" into one token, so with '.' the puzzle's length in tokens depends on where its empty
+    cells are, and copying it into the program is not a copy from a fixed distance back."""
+    from pettingllms.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(None))
+    lengths = {}
+    for empty in (".", "0"):
+        env = pettingllms.make("sudoku", empty_cell=empty)
+        puzzles = [puzzle_in_prompt(env.reset(seed=seed)[0]) for seed in range(30)]
+        lengths[empty] = {len(tokenizer(puzzle)["input_ids"]) for puzzle in puzzles}
+    assert len(lengths["0"]) == 1 and len(lengths["."]) > 1, lengths
+
+
+@pytest.mark.parametrize("value", ["", "_", " ", "1", 1, 0.0, None, ".."])
+def test_sudoku_bad_empty_cells_say_what_is_accepted(value):
+    with pytest.raises(ValueError, match=r"empty_cell must be '\.' or '0', got"):
+        pettingllms.make("sudoku", empty_cell=value)
+
+
+def test_sudoku_empty_cell_from_the_command_line_is_accepted_as_the_integer_zero(tmp_path, fast_sandbox):
+    config = load_config(
+        [
+            "env.name=sudoku", "policy=expert", "env.kwargs.empty_cell=0", "training.sft_num_episodes=3",
+            f"training.sft_data_dir={tmp_path}", "training.run_name=zeros",
+        ]
+    )  # fmt: skip
+    collect(config)
+    records = [json.loads(line) for line in (tmp_path / "sft_data_zeros.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    assert all("'0' for an empty cell" in record["messages"][1]["content"] for record in records)

@@ -16,7 +16,7 @@ class SudokuEnv(PlanningEnv):
     puzzle is made from a shuffled full grid by emptying cells in random order while the
     solution stays unique; if that cannot reach `num_empty`, the last cells are emptied
     anyway and any valid completion counts. The grid is drawn one row per line, cells
-    separated by spaces, `.` for an empty cell.
+    separated by spaces, `.` (or `0`, see `empty_cell`) for an empty cell.
 
     ## Agents
     `("tool", "planner")`, in that order each round.
@@ -66,6 +66,11 @@ class SudokuEnv(PlanningEnv):
     - `recovery_rate`: share of episodes, chosen by a hash of the task id, that the expert
       plays wrong in round 1 and right afterwards, so the data holds later rounds and their
       "Earlier rounds" history; default 0. Needs `max_turns` >= 2.
+    - `empty_cell`: how the prompts draw an empty cell, "." (default, as in v0) or "0". With "0" every
+      cell is one token of a Qwen2-style tokenizer, whose pre-tokenizer merges " ." (and
+      " .\n") into one token; then the puzzle's length in tokens is the same for every
+      puzzle, and a small model learns to copy it into the program far sooner (the tiny
+      built-in model: exact copies after ~200 steps with "0", none after 1,000 with ".").
     - `render_mode`: None or "ansi"; `render()` returns the grid as text (the last answer,
       once there is one).
 
@@ -88,8 +93,12 @@ class SudokuEnv(PlanningEnv):
         num_empty: int = 6,
         expert_program: str = "compact",
         recovery_rate: float = 0.0,
+        empty_cell: str = ".",
     ):
         super().__init__(max_turns, render_mode, expert_program, recovery_rate)
+        if str(empty_cell) not in (".", "0"):  # `env.kwargs.empty_cell=0` arrives as the integer 0
+            raise ValueError(f"empty_cell must be '.' or '0', got {empty_cell!r}")
+        self.empty_cell = str(empty_cell)
         if expert_program == "v0":
             self.solver_summary = self.v0_solver_summary
         if not isinstance(size, int):
@@ -104,7 +113,7 @@ class SudokuEnv(PlanningEnv):
         self.answer_format = f"Actions: [{first_rows}, ...] (the whole filled grid: all {size} rows of {size} numbers)"
         self.rules = (
             f"Sudoku. The {size}x{size} grid is drawn one row per line, cells separated by spaces, "
-            "'.' for an empty cell. Positions are (row, col), counted from 0 at the top-left corner. "
+            f"'{self.empty_cell}' for an empty cell. Positions are (row, col), counted from 0 at the top-left corner. "
             f"Fill every empty cell with a number from 1 to {size} so that each row, each column "
             f"and each {side}x{side} box holds every number exactly once. "
             "The given numbers stay as they are."
@@ -117,7 +126,7 @@ class SudokuEnv(PlanningEnv):
         self.puzzle, self.solution = board.generate_puzzle(self.np_random, size=self.size, num_empty=self.num_empty)
 
     def _puzzle_text(self) -> str:
-        return board.render_grid(self.puzzle)
+        return board.render_grid(self.puzzle, self.empty_cell)
 
     def _parse_plan(self, text: str) -> list[list[int]]:
         return parse_number_grid(text, self.size)

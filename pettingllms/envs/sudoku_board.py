@@ -23,9 +23,9 @@ def box_side(size: int) -> int:
     return side
 
 
-def render_grid(grid: Grid) -> str:
-    """One row per line, cells separated by spaces, '.' for an empty cell."""
-    return "\n".join(" ".join(str(value) if value else "." for value in row) for row in grid)
+def render_grid(grid: Grid, empty: str = ".") -> str:
+    """One row per line, cells separated by spaces, `empty` ('.' or '0') for an empty cell."""
+    return "\n".join(" ".join(str(value) if value else empty for value in row) for row in grid)
 
 
 def parse_grid(text: str) -> Grid:
