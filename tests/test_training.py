@@ -404,7 +404,7 @@ def test_the_cpu_loss_from_the_logits_equals_trls_tiled_lm_head(tmp_path, tiny_m
     import torch
     from trl import SFTTrainer
 
-    from pettingllms.training.sft import logits_loss_trainer
+    from pettingllms.training.sft import agent_sft_trainer
 
     model, tokenizer = load_causal_lm(tiny_model, dtype="float32"), load_tokenizer(tiny_model)
     records = [{**make_record(i, reply="Up " * (1 + i)), "source": f"mem:{i}"} for i in range(3)] + [
@@ -412,7 +412,7 @@ def test_the_cpu_loss_from_the_logits_equals_trls_tiled_lm_head(tmp_path, tiny_m
     ]
     train, _, _ = build_datasets(quick_settings(tmp_path), records, [], tokenizer)
     trainer = build_trainer(quick_settings(tmp_path), model, tokenizer, train)
-    assert type(trainer) is logits_loss_trainer()
+    assert type(trainer) is agent_sft_trainer(logits_loss=True)
     rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     batch = trainer._prepare_inputs(trainer.data_collator(rows))
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts and padding masked

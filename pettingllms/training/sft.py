@@ -231,7 +231,6 @@ def build_datasets(
 
 def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any, evaluation: Any = None) -> Any:
     """TRL's `SFTTrainer` over prompt-completion datasets, with the loss mask described above."""
-    from trl import SFTTrainer
 
     if not tokenizer.chat_template:
         raise UserError(
@@ -246,7 +245,7 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
     # On a GPU, TRL's tiled LM head saves the memory of the full logits (a 150k vocabulary makes
     # them the largest tensor); on a CPU its tile loops cost more than the logits they avoid
     # (bench/train.py: two thirds of a tiny model's step), so the loss comes from the logits.
-    trainer_class = SFTTrainer if torch.cuda.is_available() else logits_loss_trainer()
+    trainer_class = agent_sft_trainer(logits_loss=not torch.cuda.is_available())
     try:
         trainer = trainer_class(
             model=model,
@@ -271,23 +270,35 @@ def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any,
 
 
 @functools.cache
-def logits_loss_trainer() -> type:
-    """`SFTTrainer` with transformers' own loss: cross-entropy over the full logits on the tokens
+def agent_sft_trainer(logits_loss: bool) -> type:
+    """`SFTTrainer` whose length-grouped batches come in random order (training/batches.py), and
+    with `logits_loss` transformers' own loss: cross-entropy over the full logits on the tokens
     whose label is not -100 (the same mask and the same value as TRL's tiled LM head, which also
     computes entropy and token accuracy over the vocabulary on every step)."""
     from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
-    class LogitsLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False
-            if model.training and "attention_mask" in inputs:  # the `num_tokens` TRL logs, for tokens/s
-                seen = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-                self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + seen
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+    from pettingllms.training.batches import shuffled_length_sampler
 
-    return LogitsLossSFTTrainer
+    class AgentSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                return shuffled_length_sampler(sampler.lengths, sampler.batch_size)
+            return sampler
+
+        if logits_loss:
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                inputs["use_cache"] = False
+                if model.training and "attention_mask" in inputs:  # the `num_tokens` TRL logs, for tokens/s
+                    seen = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+                    self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + seen
+                    self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return AgentSFTTrainer
 
 
 # ---------------------------------------------------------------- configs

@@ -1,0 +1,60 @@
+"""The order of training batches: grouped by length, then shuffled.
+
+transformers' `LengthGroupedSampler` groups samples of similar lengths into the same batch (a
+batch is padded to its longest sample) by sorting each "mega-batch" of 50 batches by length,
+so within a mega-batch the batches run from the longest to the shortest. Agent data makes
+that a problem: a tool's turn (a program) is much longer than a planner's (one line), so the
+sorted order is some 25 batches of one agent, then 25 of the other, and a small model forgets
+what one agent learned while it trains the other. On the Sudoku demo's two-agent data (batch 4)
+the tiny model got 28-39% of the tool's tokens right after 100-200 steps in that order, 97%
+with the batches shuffled; shuffled, both agents' turns were exact on held-out tasks after 400
+steps, while in the sorted order no tool turn was after 700.
+
+`ShuffledLengthBatches` keeps the batches (same lengths, same padding) and shuffles their
+order; the longest batch still comes first, so a batch too large for memory fails at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+
+def shuffled_length_batches(lengths: Sequence[int], batch_size: int, generator: Any = None) -> list[int]:
+    """Indices whose consecutive `batch_size` slices are length-grouped batches in random order.
+
+    The first slice is the batch with the longest sample; a short last slice stays last, because
+    the data loader cuts the index stream into `batch_size` slices from the start.
+    """
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    if not lengths:
+        return []
+    indices = get_length_grouped_indices(list(lengths), batch_size, generator=generator)
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    if len(batches) > 1:
+        longest = max(range(len(batches)), key=lambda index: max(lengths[i] for i in batches[index]))
+        batches[0], batches[longest] = batches[longest], batches[0]
+        rest = batches[1:]
+        batches = [batches[0]] + [rest[i] for i in torch.randperm(len(rest), generator=generator).tolist()]
+    return [index for batch in batches + short for index in batch]
+
+
+def shuffled_length_sampler(lengths: Sequence[int], batch_size: int) -> Any:
+    """A torch `Sampler` over `shuffled_length_batches`, drawing from torch's seeded global RNG
+    each epoch, as transformers' own length-grouped sampler does."""
+    from torch.utils.data import Sampler
+
+    class ShuffledLengthBatches(Sampler):
+        def __init__(self) -> None:
+            self.lengths, self.batch_size = list(lengths), batch_size
+
+        def __len__(self) -> int:
+            return len(self.lengths)
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(shuffled_length_batches(self.lengths, self.batch_size))
+
+    return ShuffledLengthBatches()
