@@ -231,7 +231,6 @@ def build_datasets(
 
 def build_trainer(settings: SFTSettings, model: Any, tokenizer: Any, train: Any, evaluation: Any = None) -> Any:
     """TRL's `SFTTrainer` over prompt-completion datasets, with the loss mask described above."""
-
     if not tokenizer.chat_template:
         raise UserError(
             f"The tokenizer of '{tokenizer.name_or_path}' has no chat template; train a chat (instruct) model."
