@@ -19,42 +19,36 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
+from torch.utils.data import Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
 
 def shuffled_length_batches(lengths: Sequence[int], batch_size: int, generator: Any = None) -> list[int]:
     """Indices whose consecutive `batch_size` slices are length-grouped batches in random order.
 
-    The first slice is the batch with the longest sample; a short last slice stays last, because
-    the data loader cuts the index stream into `batch_size` slices from the start.
+    The first slice stays first: transformers puts the longest sample at the head of its order.
+    A short last slice stays last, because the data loader cuts the index stream into
+    `batch_size` slices from the start.
     """
-    import torch
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
     if not lengths:
         return []
     indices = get_length_grouped_indices(list(lengths), batch_size, generator=generator)
-    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
-    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
-    if len(batches) > 1:
-        longest = max(range(len(batches)), key=lambda index: max(lengths[i] for i in batches[index]))
-        batches[0], batches[longest] = batches[longest], batches[0]
-        rest = batches[1:]
-        batches = [batches[0]] + [rest[i] for i in torch.randperm(len(rest), generator=generator).tolist()]
-    return [index for batch in batches + short for index in batch]
+    first, *rest = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    short = [rest.pop()] if rest and len(rest[-1]) < batch_size else []
+    shuffled = [rest[i] for i in torch.randperm(len(rest), generator=generator).tolist()]
+    return [index for batch in [first, *shuffled, *short] for index in batch]
 
 
-def shuffled_length_sampler(lengths: Sequence[int], batch_size: int) -> Any:
+class ShuffledLengthBatches(Sampler):
     """A torch `Sampler` over `shuffled_length_batches`, drawing from torch's seeded global RNG
     each epoch, as transformers' own length-grouped sampler does."""
-    from torch.utils.data import Sampler
 
-    class ShuffledLengthBatches(Sampler):
-        def __init__(self) -> None:
-            self.lengths, self.batch_size = list(lengths), batch_size
+    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+        self.lengths, self.batch_size = list(lengths), batch_size
 
-        def __len__(self) -> int:
-            return len(self.lengths)
+    def __len__(self) -> int:
+        return len(self.lengths)
 
-        def __iter__(self) -> Iterator[int]:
-            return iter(shuffled_length_batches(self.lengths, self.batch_size))
-
-    return ShuffledLengthBatches()
+    def __iter__(self) -> Iterator[int]:
+        return iter(shuffled_length_batches(self.lengths, self.batch_size))

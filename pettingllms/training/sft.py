@@ -278,13 +278,13 @@ def agent_sft_trainer(logits_loss: bool) -> type:
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
-    from pettingllms.training.batches import shuffled_length_sampler
+    from pettingllms.training.batches import ShuffledLengthBatches
 
     class AgentSFTTrainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
-                return shuffled_length_sampler(sampler.lengths, sampler.batch_size)
+                return ShuffledLengthBatches(sampler.lengths, sampler.batch_size)
             return sampler
 
         if logits_loss:
