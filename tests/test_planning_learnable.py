@@ -35,6 +35,14 @@ V0_TOOL_REPLIES_SHA256 = {
 """`v0_tool_replies_digest` of the v0 envs, computed before the compact program existed."""
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny built-in model's tokenizer (Qwen2's pre-tokenizer)."""
+    from pettingllms.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(None))
+
+
 @pytest.fixture
 def fast_sandbox(monkeypatch):
     """The expert's own programs run in this process (`run_in_process`), not in the sandbox."""
@@ -83,10 +91,7 @@ def test_the_program_opens_with_the_prompts_puzzle_verbatim(name):
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)
-def test_the_program_has_far_fewer_tokens_than_v0(name):
-    from pettingllms.models import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(None))
+def test_the_program_has_far_fewer_tokens_than_v0(name, tokenizer):
     compact, v0 = pettingllms.make(name), pettingllms.make(name, expert_program="v0")
     ratios = []
     for seed in range(5):
@@ -285,13 +290,10 @@ def test_sudoku_empty_cell_zero_draws_zeros_and_the_expert_still_solves(fast_san
     assert "'.' for an empty cell" in dots.reset(seed=0)[0][1]["content"]
 
 
-def test_sudoku_empty_cell_zero_gives_every_puzzle_the_same_length_in_tokens():
+def test_sudoku_empty_cell_zero_gives_every_puzzle_the_same_length_in_tokens(tokenizer):
     """Why `empty_cell="0"` exists: the tiny model's (Qwen2's) pre-tokenizer merges " ." and
     " .\\n" into one token, so with '.' the puzzle's length in tokens depends on where its empty
     cells are, and copying it into the program is not a copy from a fixed distance back."""
-    from pettingllms.models import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(None))
     lengths = {}
     for empty in (".", "0"):
         env = pettingllms.make("sudoku", empty_cell=empty)
